@@ -1,0 +1,270 @@
+//! The acceptor: promises and accepts, and nothing else (Paxos Made Simple §2.2).
+//!
+//! An acceptor holds the promised ballot (minProposal) and, per slot, the accepted
+//! ballot and value. Every change it makes is returned as a [`StorageOp`] that the
+//! caller must make durable before any reply built from it leaves the node.
+
+use crate::ballot::{Ballot, Slot};
+use crate::message::{AcceptedEntry, PrepareScope, Value};
+use crate::slots::SlotMap;
+use crate::storage::{DurableState, StorageOp};
+
+/// One slot as the acceptor sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptorSlot {
+    /// Promise for this slot alone (Basic Paxos instances); `Ballot::ZERO` if none.
+    pub promised: Ballot,
+    /// The accepted proposal, if any.
+    pub accepted: Option<(Ballot, Value)>,
+}
+
+/// The acceptor role for a whole log.
+#[derive(Clone, Debug)]
+pub struct Acceptor {
+    /// Log-wide promise, set by Multi-Paxos prepares (minProposal).
+    promised: Ballot,
+    slots: SlotMap<AcceptorSlot>,
+}
+
+impl Default for Acceptor {
+    fn default() -> Self {
+        Acceptor { promised: Ballot::ZERO, slots: SlotMap::new(1) }
+    }
+}
+
+impl Acceptor {
+    /// Rebuilds the acceptor from what storage recovered.
+    pub fn from_durable(state: &DurableState) -> Acceptor {
+        let mut acceptor = Acceptor { promised: state.promised, ..Acceptor::default() };
+        for (slot, durable) in &state.slots {
+            if durable.accepted.is_none() && durable.promised == Ballot::ZERO {
+                continue;
+            }
+            let entry = acceptor.slots.get_mut(*slot).expect("slots start at 1");
+            entry.promised = durable.promised;
+            entry.accepted = durable.accepted.clone();
+        }
+        acceptor.check_invariants();
+        acceptor
+    }
+
+    /// The log-wide promise.
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// The promise in force for `slot`: the higher of the log-wide and the slot's own.
+    pub fn promised_for(&self, slot: Slot) -> Ballot {
+        let own = self.slots.get(slot).map_or(Ballot::ZERO, |entry| entry.promised);
+        self.promised.max(own)
+    }
+
+    /// The accepted proposal at `slot`, if any.
+    pub fn accepted(&self, slot: Slot) -> Option<&(Ballot, Value)> {
+        self.slots.get(slot).and_then(|entry| entry.accepted.as_ref())
+    }
+
+    /// Phase 1b. Promises `ballot` if it is higher than every promise in scope and
+    /// returns the accepted proposals in scope; otherwise returns the promise that
+    /// beats it, for the Nack.
+    ///
+    /// A prepare equal to the current promise is answered again (it is a
+    /// retransmission by the same proposer, since ballots are unique per node), and
+    /// writes nothing new.
+    pub fn on_prepare(
+        &mut self,
+        ballot: Ballot,
+        scope: PrepareScope,
+        ops: &mut Vec<StorageOp>,
+    ) -> Result<Vec<AcceptedEntry>, Ballot> {
+        match scope {
+            PrepareScope::From(first) => {
+                // Paxos Made Simple §2.2 P1a: never promise below an earlier promise.
+                let highest_slot_promise =
+                    self.slots.iter_from(first).map(|(_, entry)| entry.promised).max().unwrap_or(Ballot::ZERO);
+                let beaten_by = self.promised.max(highest_slot_promise);
+                if ballot < beaten_by {
+                    return Err(beaten_by);
+                }
+                if ballot > self.promised {
+                    self.promised = ballot;
+                    ops.push(StorageOp::Promise(ballot));
+                }
+                assert!(self.promised >= ballot);
+                let accepted = self
+                    .slots
+                    .iter_from(first)
+                    .filter_map(|(slot, entry)| {
+                        entry.accepted.as_ref().map(|(accepted_ballot, value)| AcceptedEntry {
+                            slot,
+                            ballot: *accepted_ballot,
+                            value: value.clone(),
+                        })
+                    })
+                    .collect();
+                Ok(accepted)
+            }
+            PrepareScope::Slot(slot) => {
+                let beaten_by = self.promised_for(slot);
+                if ballot < beaten_by {
+                    return Err(beaten_by);
+                }
+                let Some(entry) = self.slots.get_mut(slot) else {
+                    // The slot was compacted away: it is long chosen. Refuse, and
+                    // the proposer learns the value by catching up.
+                    return Err(Ballot::COMPACTED);
+                };
+                if ballot > entry.promised {
+                    entry.promised = ballot;
+                    ops.push(StorageOp::PromiseSlot { slot, ballot });
+                }
+                let accepted = entry.accepted.as_ref().map(|(accepted_ballot, value)| AcceptedEntry {
+                    slot,
+                    ballot: *accepted_ballot,
+                    value: value.clone(),
+                });
+                Ok(accepted.into_iter().collect())
+            }
+        }
+    }
+
+    /// Phase 2b. Accepts `values` at consecutive slots from `first_slot` if
+    /// `ballot` is at least every promise involved; otherwise returns the promise
+    /// that beats it.
+    ///
+    /// With `log_wide` (Multi-Paxos), accepting also raises the log-wide promise to
+    /// `ballot`: a leader's accept implies its phase 1 succeeded.
+    pub fn on_accept(
+        &mut self,
+        ballot: Ballot,
+        first_slot: Slot,
+        values: &[Value],
+        log_wide: bool,
+        ops: &mut Vec<StorageOp>,
+    ) -> Result<(), Ballot> {
+        // Paxos Made Simple §2.2 P1a: accept only if no higher promise was made.
+        for offset in 0..values.len() as u64 {
+            let promised = self.promised_for(first_slot + offset);
+            if ballot < promised {
+                return Err(promised);
+            }
+        }
+        if log_wide && ballot > self.promised {
+            self.promised = ballot;
+            ops.push(StorageOp::Promise(ballot));
+        }
+        if first_slot < self.slots.first() {
+            // Compacted slots are long chosen; the sender must catch up instead.
+            // Accepting without storing would be a false vote.
+            return Err(Ballot::COMPACTED);
+        }
+        for (offset, value) in values.iter().enumerate() {
+            let slot = first_slot + offset as u64;
+            let entry = self.slots.get_mut(slot).expect("checked against the window above");
+            if let Some((accepted_ballot, _)) = &entry.accepted {
+                if *accepted_ballot == ballot {
+                    // A duplicate: ballots are unique, so the value is the same.
+                    continue;
+                }
+            }
+            // Accepting at a ballot is also a promise of it, for this slot.
+            entry.promised = entry.promised.max(ballot);
+            entry.accepted = Some((ballot, value.clone()));
+            ops.push(StorageOp::Accept { slot, ballot, value: value.clone() });
+        }
+        Ok(())
+    }
+
+    /// Forgets slots below `slot`, whose values are chosen and applied.
+    pub fn discard_below(&mut self, slot: Slot) {
+        self.slots.discard_below(slot);
+    }
+
+    /// Safety assertions, on in release builds (STYLE.md rule 7).
+    pub fn check_invariants(&self) {
+        for (slot, entry) in self.slots.iter_from(0) {
+            if let Some((accepted_ballot, _)) = &entry.accepted {
+                // Seed 001: "minProposal >= acceptedProposal".
+                assert!(self.promised_for(slot) >= *accepted_ballot, "slot {slot} accepted above its promise");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Command;
+
+    fn value(text: &str) -> Value {
+        Value::Commands(Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
+    }
+
+    #[test]
+    fn promises_only_a_higher_ballot_and_reports_its_promise() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        assert_eq!(acceptor.on_prepare(Ballot::new(5, 1), PrepareScope::From(1), &mut ops), Ok(vec![]));
+        assert_eq!(ops, vec![StorageOp::Promise(Ballot::new(5, 1))]);
+        ops.clear();
+        assert_eq!(acceptor.on_prepare(Ballot::new(4, 2), PrepareScope::From(1), &mut ops), Err(Ballot::new(5, 1)));
+        assert!(ops.is_empty(), "a rejection writes nothing");
+        // A retransmitted prepare gets the same promise and writes nothing.
+        assert_eq!(acceptor.on_prepare(Ballot::new(5, 1), PrepareScope::From(1), &mut ops), Ok(vec![]));
+        assert!(ops.is_empty());
+    }
+
+    #[test]
+    fn accepts_at_or_above_its_promise_and_persists_before_replying() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        acceptor.on_prepare(Ballot::new(5, 1), PrepareScope::From(1), &mut ops).unwrap();
+        ops.clear();
+        assert_eq!(acceptor.on_accept(Ballot::new(4, 9), 1, &[value("x")], true, &mut ops), Err(Ballot::new(5, 1)));
+        assert!(ops.is_empty());
+        assert_eq!(acceptor.on_accept(Ballot::new(5, 1), 1, &[value("y")], true, &mut ops), Ok(()));
+        assert_eq!(ops, vec![StorageOp::Accept { slot: 1, ballot: Ballot::new(5, 1), value: value("y") }]);
+        ops.clear();
+        // A duplicate accept writes nothing new.
+        assert_eq!(acceptor.on_accept(Ballot::new(5, 1), 1, &[value("y")], true, &mut ops), Ok(()));
+        assert!(ops.is_empty());
+        acceptor.check_invariants();
+    }
+
+    #[test]
+    fn promise_reports_accepted_values() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        acceptor.on_accept(Ballot::new(3, 1), 7, &[value("foo")], true, &mut ops).unwrap();
+        let promised = acceptor.on_prepare(Ballot::new(5, 2), PrepareScope::From(1), &mut ops).unwrap();
+        assert_eq!(promised, vec![AcceptedEntry { slot: 7, ballot: Ballot::new(3, 1), value: value("foo") }]);
+    }
+
+    #[test]
+    fn single_slot_promises_are_independent() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        acceptor.on_prepare(Ballot::new(9, 1), PrepareScope::Slot(1), &mut ops).unwrap();
+        assert_eq!(ops, vec![StorageOp::PromiseSlot { slot: 1, ballot: Ballot::new(9, 1) }]);
+        // Slot 2 is unaffected by slot 1's promise.
+        assert!(acceptor.on_prepare(Ballot::new(1, 2), PrepareScope::Slot(2), &mut ops).is_ok());
+        assert_eq!(acceptor.on_accept(Ballot::new(1, 2), 1, &[value("a")], false, &mut ops), Err(Ballot::new(9, 1)));
+        assert_eq!(acceptor.on_accept(Ballot::new(1, 2), 2, &[value("a")], false, &mut ops), Ok(()));
+        assert_eq!(acceptor.promised(), Ballot::ZERO);
+    }
+
+    #[test]
+    fn recovers_from_durable_state() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        acceptor.on_prepare(Ballot::new(2, 1), PrepareScope::From(1), &mut ops).unwrap();
+        acceptor.on_accept(Ballot::new(2, 1), 1, &[value("a"), value("b")], true, &mut ops).unwrap();
+        let mut durable = DurableState::default();
+        ops.iter().for_each(|op| durable.apply(op));
+        let restarted = Acceptor::from_durable(&durable);
+        assert_eq!(restarted.promised(), Ballot::new(2, 1));
+        assert_eq!(restarted.accepted(2), Some(&(Ballot::new(2, 1), value("b"))));
+    }
+}

@@ -1,0 +1,162 @@
+//! What a replica asks its driver to do after a step: send, persist-then-send, deliver.
+//!
+//! Replies that depend on durable state (promises, accepts) live inside
+//! [`PersistThen`], whose messages can only be taken out by a call that first
+//! completes the write (STYLE.md rule 2). The driver cannot send a promise early
+//! by mistake: there is no accessor for those messages.
+
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::message::{Command, CommandId, Outgoing, Value};
+use crate::storage::{Storage, StorageOp};
+
+/// Storage writes and the messages that may leave only once they are durable.
+#[derive(Debug, Default)]
+pub struct PersistThen {
+    ops: Vec<StorageOp>,
+    then_send: Vec<Outgoing>,
+}
+
+impl PersistThen {
+    /// The writes to make durable.
+    pub fn ops(&self) -> &[StorageOp] {
+        &self.ops
+    }
+
+    /// How many messages wait on these writes.
+    pub fn waiting_messages(&self) -> usize {
+        self.then_send.len()
+    }
+
+    /// True when there is nothing to write and nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.then_send.is_empty()
+    }
+
+    /// Appends a later batch. Order is kept: this batch's ops come first, and the
+    /// merged messages are released only after both batches are durable.
+    pub fn merge(&mut self, later: PersistThen) {
+        self.ops.extend(later.ops);
+        self.then_send.extend(later.then_send);
+    }
+
+    pub(crate) fn push_op(&mut self, op: StorageOp) {
+        self.ops.push(op);
+    }
+
+    pub(crate) fn push_message(&mut self, to: NodeId, message: crate::Message) {
+        self.then_send.push(Outgoing { to, message });
+    }
+
+    /// Makes the writes durable in `storage`, then hands back the messages.
+    /// On error the messages are dropped: a failed write never yields a reply.
+    pub async fn persist<S: Storage + ?Sized>(self, storage: &S) -> Result<Vec<Outgoing>, S::Error> {
+        if !self.ops.is_empty() {
+            storage.append(&self.ops).await?;
+        }
+        Ok(self.then_send)
+    }
+
+    /// The synchronous form of [`PersistThen::persist`], for simulators and
+    /// benchmarks that keep state in memory: `write` must make `ops` durable
+    /// (in the simulated sense) before returning `Ok`.
+    pub fn persist_with<E>(self, write: impl FnOnce(&[StorageOp]) -> Result<(), E>) -> Result<Vec<Outgoing>, E> {
+        if !self.ops.is_empty() {
+            write(&self.ops)?;
+        }
+        Ok(self.then_send)
+    }
+
+    /// Drops everything, as a crash before the write completed would.
+    pub fn discard(self) {}
+}
+
+/// A chosen slot, delivered to the application in slot order.
+///
+/// Commands that were already applied under the same [`CommandId`] (a client retry)
+/// are listed in `duplicates` and must not be applied again; the others are
+/// numbered with consecutive log indexes from `first_index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The slot.
+    pub slot: Slot,
+    /// Its chosen value.
+    pub value: Value,
+    /// Log index of the first fresh command in the value.
+    pub first_index: u64,
+    /// Positions in `value.commands()` of duplicates. Usually empty.
+    pub duplicates: Vec<u32>,
+}
+
+impl Decided {
+    /// The fresh commands with their log indexes, in order.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Command)> + '_ {
+        let mut index = self.first_index;
+        let mut duplicates = self.duplicates.iter().peekable();
+        self.value.commands().iter().enumerate().filter_map(move |(position, command)| {
+            if duplicates.peek().is_some_and(|duplicate| **duplicate as usize == position) {
+                duplicates.next();
+                return None;
+            }
+            let entry = (index, command);
+            index += 1;
+            Some(entry)
+        })
+    }
+
+    /// How many fresh commands this slot applies.
+    pub fn fresh_count(&self) -> u64 {
+        (self.value.commands().len() - self.duplicates.len()) as u64
+    }
+}
+
+/// Something the application may want to react to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This replica's view of the leader changed (Multi-Paxos).
+    LeaderChanged {
+        /// The leader now believed in, if any.
+        leader: Option<NodeId>,
+        /// Its ballot.
+        ballot: Ballot,
+    },
+    /// Commands this replica held but will not get chosen, for example because it
+    /// stopped being leader before giving them a slot. Their clients should retry.
+    Dropped {
+        /// The commands' ids.
+        ids: Vec<CommandId>,
+        /// The leader to retry with, if known.
+        leader_hint: Option<NodeId>,
+    },
+}
+
+/// Everything one or more steps asked for, in the order it must happen.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Messages that may leave now: they depend on nothing unwritten.
+    pub send: Vec<Outgoing>,
+    /// Writes, and the messages that wait for them.
+    pub persist: PersistThen,
+    /// Newly chosen slots, in slot order.
+    pub decided: Vec<Decided>,
+    /// Events, in order.
+    pub events: Vec<Event>,
+}
+
+impl Actions {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.send.is_empty() && self.persist.is_empty() && self.decided.is_empty() && self.events.is_empty()
+    }
+
+    /// Appends `later`'s actions after this one's, keeping every ordering rule.
+    pub fn merge(&mut self, later: Actions) {
+        self.send.extend(later.send);
+        self.persist.merge(later.persist);
+        self.decided.extend(later.decided);
+        self.events.extend(later.events);
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: crate::Message) {
+        self.send.push(Outgoing { to, message });
+    }
+}

@@ -1,0 +1,307 @@
+//! Basic Paxos: every slot of the log is its own single-decree instance, run with
+//! both phases by whichever replica wants it (Paxos Made Simple §2).
+//!
+//! Any replica proposes, so proposers collide. A preempted proposer backs off for
+//! a random number of ticks from its own seeded PRNG before retrying with a higher
+//! ballot, which breaks the livelock of duelling proposers (seeds 000 and 002).
+//! A proposer whose slot was taken by another value retries in the next free slot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::acceptor::Acceptor;
+use crate::actions::Actions;
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::{Config, ConfigError};
+use crate::learner::Learner;
+use crate::message::{Command, Message, PrepareScope, Value};
+use crate::proposer::Proposer;
+use crate::replica::{Core, ProposeError, Replica, Role, Status};
+use crate::storage::DurableState;
+
+#[derive(Debug)]
+struct Instance {
+    proposer: Proposer,
+    sent_at: u64,
+}
+
+/// A Basic Paxos replica: acceptor, learner, and a proposer per slot it contends for.
+#[derive(Debug)]
+pub struct BasicPaxos {
+    core: Core,
+    instances: BTreeMap<Slot, Instance>,
+    queue: VecDeque<Command>,
+    backoff_until: u64,
+    /// When this replica first saw a hole below a chosen slot, if it still does.
+    hole_seen_at: Option<u64>,
+}
+
+impl BasicPaxos {
+    /// A replica restored from `durable` (empty for a new node).
+    pub fn new(config: Config, durable: &DurableState) -> Result<BasicPaxos, ConfigError> {
+        Ok(BasicPaxos {
+            core: Core::new(config, durable)?,
+            instances: BTreeMap::new(),
+            queue: VecDeque::new(),
+            backoff_until: 0,
+            hole_seen_at: None,
+        })
+    }
+
+    /// The lowest slot not known chosen, not being contended for by this replica, from `from` on.
+    fn free_slot(&self, from: Slot) -> Slot {
+        let mut slot = from.max(self.core.learner.applied_through() + 1);
+        while self.core.learner.chosen(slot).is_some() || self.instances.contains_key(&slot) {
+            slot += 1;
+        }
+        slot
+    }
+
+    fn start_instance(&mut self, slot: Slot, value: Value) {
+        let above = self.core.acceptor.promised_for(slot);
+        let ballot = self.core.next_ballot(above);
+        let (proposer, prepare) = Proposer::start(slot, ballot, value, self.core.quorum);
+        tracing::trace!(node = self.core.id(), slot, %ballot, "basic instance started");
+        self.instances.insert(slot, Instance { proposer, sent_at: self.core.ticks });
+        // The ballot's round was just reserved: the prepare waits for that write.
+        self.core.broadcast_after_persist(&prepare);
+    }
+
+    /// Starts instances for queued commands while the pipeline has room.
+    fn flush(&mut self) {
+        if self.core.ticks < self.backoff_until {
+            return;
+        }
+        let mut slot = self.core.learner.applied_through() + 1;
+        while !self.queue.is_empty() && (self.instances.len() as u64) < self.core.config.slots_in_flight_max {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(command) = self.queue.front() {
+                let full = batch.len() >= self.core.config.batch_commands_max
+                    || bytes + command.payload.len() > self.core.config.batch_bytes_max;
+                if full && !batch.is_empty() {
+                    break;
+                }
+                bytes += command.payload.len();
+                batch.push(self.queue.pop_front().expect("front exists"));
+            }
+            slot = self.free_slot(slot);
+            self.start_instance(slot, Value::Commands(Arc::from(batch)));
+        }
+    }
+
+    /// Puts an instance's own commands back at the head of the queue, to retry in another slot.
+    fn requeue(&mut self, value: &Value) {
+        for command in value.commands().iter().rev() {
+            self.queue.push_front(command.clone());
+        }
+    }
+
+    fn on_promise(&mut self, from: NodeId, ballot: Ballot, slot: Slot, accepted: Vec<crate::message::AcceptedEntry>) {
+        let Some(voter) = self.core.bit(from) else { return };
+        let Some(instance) = self.instances.get_mut(&slot) else { return };
+        if let Some(accept) = instance.proposer.on_promise(voter, ballot, accepted) {
+            instance.sent_at = self.core.ticks;
+            self.core.broadcast(&accept);
+        }
+    }
+
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slot: Slot) {
+        let Some(voter) = self.core.bit(from) else { return };
+        let Some(instance) = self.instances.get_mut(&slot) else { return };
+        let Some(outcome) = instance.proposer.on_accepted(voter, ballot) else { return };
+        let instance = self.instances.remove(&slot).expect("present above");
+        if !outcome.own {
+            // Our slot went to an earlier proposal (value adoption); ours waits for another.
+            self.requeue(instance.proposer.own_value());
+        }
+        self.core.learn(slot, outcome.value.clone());
+        self.core.broadcast_to_peers(&Message::Chosen { slot, value: outcome.value });
+        self.core.apply();
+        self.flush();
+    }
+
+    fn on_nack(&mut self, ballot: Ballot, slot: Slot, promised: Ballot) {
+        let compacted = promised == Ballot::COMPACTED;
+        self.core.observe_ballot(promised);
+        let Some(instance) = self.instances.get_mut(&slot) else { return };
+        if !compacted && !instance.proposer.on_nack(ballot, promised) {
+            return;
+        }
+        if compacted && instance.proposer.ballot() != ballot {
+            return;
+        }
+        let instance = self.instances.remove(&slot).expect("present above");
+        self.requeue(instance.proposer.own_value());
+        // Seeds 000 and 002: randomized backoff keeps duelling proposers from livelocking.
+        let backoff = self.core.rng.range_inclusive(1, self.core.config.backoff_ticks_max.max(1));
+        self.backoff_until = self.core.ticks + backoff;
+        tracing::debug!(node = self.core.id(), slot, %promised, backoff, "preempted; backing off");
+    }
+
+    fn on_chosen(&mut self, slot: Slot, value: Value) {
+        self.core.learn(slot, value);
+        self.core.known_chosen_through = self.core.known_chosen_through.max(slot);
+        if let Some(instance) = self.instances.remove(&slot) {
+            // Somebody else decided this slot; retry our value elsewhere, unless it won.
+            if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
+                self.requeue(instance.proposer.own_value());
+            }
+        }
+        self.core.apply();
+        self.flush();
+    }
+
+    fn any_peer(&mut self) -> Option<NodeId> {
+        let peers: Vec<NodeId> =
+            self.core.config.members.iter().copied().filter(|member| *member != self.core.id()).collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let pick = self.core.rng.range_inclusive(0, peers.len() as u64 - 1) as usize;
+        Some(peers[pick])
+    }
+}
+
+impl Replica for BasicPaxos {
+    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError> {
+        let pending_max = self.core.config.pending_commands_max;
+        if self.queue.len() + commands.len() > pending_max {
+            return Err(ProposeError::Busy { pending_max });
+        }
+        self.queue.extend(commands);
+        self.flush();
+        Ok(())
+    }
+
+    fn on_message(&mut self, from: NodeId, message: Message) {
+        if self.core.bit(from).is_none() {
+            tracing::warn!(node = self.core.id(), from, kind = message.kind(), "message from a non-member ignored");
+            return;
+        }
+        match message {
+            Message::Prepare { ballot, scope: scope @ PrepareScope::Slot(_) } => {
+                self.core.reply_to_prepare(from, ballot, scope);
+            }
+            Message::Prepare { scope: PrepareScope::From(_), .. } => {
+                tracing::warn!(node = self.core.id(), from, "log-wide prepare in a Basic Paxos cluster ignored");
+            }
+            Message::Promise { ballot, scope: PrepareScope::Slot(slot), accepted, chosen_through } => {
+                self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
+                self.on_promise(from, ballot, slot, accepted)
+            }
+            Message::Promise { .. } => {}
+            Message::Accept { ballot, first_slot, values, .. } => {
+                self.core.reply_to_accept(from, ballot, first_slot, &values, false);
+            }
+            Message::Accepted { ballot, first_slot, count } => {
+                for slot in first_slot..first_slot + count {
+                    self.on_accepted(from, ballot, slot);
+                }
+            }
+            Message::Nack { ballot, slot, promised } => self.on_nack(ballot, slot, promised),
+            Message::Chosen { slot, value } => self.on_chosen(slot, value),
+            Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
+            Message::CatchUp { first_slot, values } => {
+                self.core.on_catch_up(from, first_slot, values);
+                self.flush();
+            }
+            Message::Commit { chosen_through, .. } => {
+                // Anti-entropy gossip: learn that we lag, or help a peer that does.
+                self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
+                if chosen_through < self.core.learner.applied_through() {
+                    self.core.on_catch_up_request(from, chosen_through + 1);
+                }
+                self.core.request_catch_up(from);
+            }
+            Message::Forward { commands } => {
+                if let Err(error) = self.propose(commands) {
+                    tracing::debug!(node = self.core.id(), from, %error, "dropping forwarded commands");
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.core.ticks += 1;
+        let ticks = self.core.ticks;
+        let retransmit_ticks = self.core.config.retransmit_ticks;
+        let mut resend = Vec::new();
+        for instance in self.instances.values_mut() {
+            if instance.sent_at + retransmit_ticks <= ticks {
+                instance.sent_at = ticks;
+                resend.extend(instance.proposer.retransmission());
+            }
+        }
+        for message in resend {
+            self.core.broadcast(&message);
+        }
+        // Every election timeout, tell one random peer how far this replica has
+        // applied. A replica that restarted or missed `Chosen` messages learns
+        // that it lags even when no new command is proposed.
+        if ticks.is_multiple_of(self.core.config.election_timeout_ticks) {
+            if let Some(peer) = self.any_peer() {
+                let chosen_through = self.core.learner.applied_through();
+                self.core.actions.send(peer, Message::Commit { ballot: Ballot::ZERO, chosen_through });
+            }
+        }
+        // A hole below a chosen slot: ask a peer, and if that does not fill it,
+        // run an instance with a no-op there (seed 004), which either chooses the
+        // no-op or learns the value already chosen.
+        let applied = self.core.learner.applied_through();
+        let has_hole = self.core.learner.chosen_end() > applied + 1 || self.core.known_chosen_through > applied;
+        if has_hole {
+            if let Some(peer) = self.any_peer() {
+                self.core.request_catch_up(peer);
+            }
+            let seen_at = *self.hole_seen_at.get_or_insert(ticks);
+            let hole = applied + 1;
+            if ticks >= seen_at + self.core.config.election_timeout_ticks
+                && !self.instances.contains_key(&hole)
+                && ticks >= self.backoff_until
+            {
+                tracing::debug!(node = self.core.id(), slot = hole, "filling a hole with a no-op");
+                self.start_instance(hole, Value::Noop);
+                self.hole_seen_at = Some(ticks);
+            }
+        } else {
+            self.hole_seen_at = None;
+        }
+        self.flush();
+    }
+
+    fn take_actions(&mut self) -> Actions {
+        std::mem::take(&mut self.core.actions)
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            node_id: self.core.id(),
+            role: Role::Proposer,
+            leader: None,
+            promised: self.core.acceptor.promised(),
+            applied_through: self.core.learner.applied_through(),
+            known_chosen_through: self.core.known_chosen_through,
+            next_index: self.core.learner.next_index(),
+            queued_commands: self.queue.len(),
+            peer_lag: Vec::new(),
+        }
+    }
+
+    fn learner(&self) -> &Learner {
+        &self.core.learner
+    }
+
+    fn acceptor(&self) -> &Acceptor {
+        &self.core.acceptor
+    }
+
+    fn check_invariants(&self) {
+        self.core.check_invariants();
+        assert!(self.instances.len() as u64 <= self.core.config.slots_in_flight_max + 1);
+        for (slot, instance) in &self.instances {
+            assert_eq!(*slot, instance.proposer.slot());
+            assert_eq!(instance.proposer.ballot().node, self.core.id());
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The learner: counts accepts, records chosen values, and applies them in slot order.
+//!
+//! A value is chosen once a majority of acceptors accepted it at the same ballot
+//! (Paxos Made Simple §2.3). Applying is where client retries are deduplicated and
+//! where each fresh command gets its log index.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::actions::Decided;
+use crate::ballot::{Ballot, Slot};
+use crate::message::{Command, CommandId, Value};
+use crate::slots::SlotMap;
+
+/// Phase 2b votes per slot, for the ballot being counted.
+#[derive(Clone, Debug)]
+pub struct AcceptTally {
+    votes: SlotMap<(Ballot, u64)>,
+}
+
+impl AcceptTally {
+    /// An empty tally whose lowest slot is `first`.
+    pub fn new(first: Slot) -> AcceptTally {
+        AcceptTally { votes: SlotMap::new(first) }
+    }
+
+    /// Records that member `voter` accepted `slot` at `ballot` and returns how many
+    /// distinct members accepted that slot at that ballot. Votes for a lower ballot
+    /// than one already counted are ignored; a higher ballot restarts the count.
+    pub fn record(&mut self, slot: Slot, ballot: Ballot, voter: u64) -> usize {
+        let Some((counted, voters)) = self.votes.get_mut(slot) else { return 0 };
+        if ballot > *counted {
+            *counted = ballot;
+            *voters = 0;
+        }
+        if ballot == *counted {
+            *voters |= voter;
+        }
+        if ballot == *counted {
+            voters.count_ones() as usize
+        } else {
+            0
+        }
+    }
+
+    /// The members that accepted `slot` at `ballot`, as a bitmask.
+    pub fn voters(&self, slot: Slot, ballot: Ballot) -> u64 {
+        match self.votes.get(slot) {
+            Some((counted, voters)) if *counted == ballot => *voters,
+            _ => 0,
+        }
+    }
+
+    /// Forgets slots below `slot`.
+    pub fn discard_below(&mut self, slot: Slot) {
+        self.votes.discard_below(slot);
+    }
+}
+
+/// Which recent sequence numbers of one client were applied, as a ring of bits.
+#[derive(Clone, Debug)]
+struct ClientWindow {
+    highest: u64,
+    bits: Vec<u64>,
+}
+
+impl ClientWindow {
+    fn new(window: u64) -> ClientWindow {
+        ClientWindow { highest: 0, bits: vec![0; window.div_ceil(64) as usize] }
+    }
+
+    fn bit(&self, sequence: u64) -> (usize, u64) {
+        let position = sequence % (self.bits.len() as u64 * 64);
+        ((position / 64) as usize, 1u64 << (position % 64))
+    }
+
+    /// Marks `sequence` applied; false if it already was, or is too old to tell.
+    fn first_application(&mut self, sequence: u64) -> bool {
+        let window = self.bits.len() as u64 * 64;
+        if sequence > self.highest {
+            if sequence - self.highest >= window {
+                self.bits.iter_mut().for_each(|word| *word = 0);
+            } else {
+                for cleared in self.highest + 1..sequence {
+                    let (word, mask) = self.bit(cleared);
+                    self.bits[word] &= !mask;
+                }
+            }
+            self.highest = sequence;
+            let (word, mask) = self.bit(sequence);
+            self.bits[word] |= mask;
+            return true;
+        }
+        if self.highest - sequence >= window {
+            // Older than anything remembered: assume it was applied. A client that
+            // lets a command wait this long must give it a new id.
+            return false;
+        }
+        let (word, mask) = self.bit(sequence);
+        let fresh = self.bits[word] & mask == 0;
+        self.bits[word] |= mask;
+        fresh
+    }
+}
+
+/// One applied slot holding at least one fresh command.
+#[derive(Clone, Debug)]
+struct AppliedRun {
+    first_index: u64,
+    slot: Slot,
+}
+
+/// Chosen values, the applied prefix, log indexes, and client deduplication.
+#[derive(Clone, Debug)]
+pub struct Learner {
+    chosen: SlotMap<Option<Value>>,
+    /// Every slot `<= applied_through` is chosen and applied.
+    applied_through: Slot,
+    next_index: u64,
+    dedup_window: u64,
+    clients: HashMap<u64, ClientWindow>,
+    runs: VecDeque<AppliedRun>,
+    duplicates: HashMap<Slot, Vec<u32>>,
+}
+
+impl Learner {
+    /// An empty learner remembering `dedup_window` sequence numbers per client.
+    pub fn new(dedup_window: u64) -> Learner {
+        assert!(dedup_window > 0);
+        Learner {
+            chosen: SlotMap::new(1),
+            applied_through: 0,
+            next_index: 0,
+            dedup_window,
+            clients: HashMap::new(),
+            runs: VecDeque::new(),
+            duplicates: HashMap::new(),
+        }
+    }
+
+    /// Records that `slot` is chosen with `value`. Returns false if it was known.
+    ///
+    /// Panics if `slot` was already chosen with a different value: that is a
+    /// violation of Paxos' agreement property and the node must stop.
+    pub fn learn(&mut self, slot: Slot, value: Value) -> bool {
+        assert!(slot >= 1, "slot 0 is never used");
+        let Some(entry) = self.chosen.get_mut(slot) else {
+            return false;
+        };
+        if let Some(known) = entry {
+            assert_eq!(*known, value, "agreement violated: slot {slot} chosen with two values");
+            return false;
+        }
+        *entry = Some(value);
+        true
+    }
+
+    /// The chosen value of `slot`, if known and not yet discarded.
+    pub fn chosen(&self, slot: Slot) -> Option<&Value> {
+        self.chosen.get(slot).and_then(Option::as_ref)
+    }
+
+    /// Every slot up to and including this one is chosen and applied.
+    pub fn applied_through(&self) -> Slot {
+        self.applied_through
+    }
+
+    /// One past the highest slot known chosen (a gap may lie below it).
+    pub fn chosen_end(&self) -> Slot {
+        self.chosen.end()
+    }
+
+    /// The log index the next fresh command will get.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Applies every chosen slot that directly follows the applied prefix.
+    pub fn apply_ready(&mut self, decided: &mut Vec<Decided>) {
+        loop {
+            let slot = self.applied_through + 1;
+            let Some(Some(value)) = self.chosen.get(slot) else { break };
+            let value = value.clone();
+            let mut duplicates = Vec::new();
+            for (position, command) in value.commands().iter().enumerate() {
+                if !self.first_application(command.id) {
+                    duplicates.push(position as u32);
+                }
+            }
+            let first_index = self.next_index;
+            let fresh = (value.commands().len() - duplicates.len()) as u64;
+            if fresh > 0 {
+                self.runs.push_back(AppliedRun { first_index, slot });
+            }
+            if !duplicates.is_empty() {
+                self.duplicates.insert(slot, duplicates.clone());
+            }
+            self.next_index += fresh;
+            self.applied_through = slot;
+            decided.push(Decided { slot, value, first_index, duplicates });
+        }
+    }
+
+    fn first_application(&mut self, id: CommandId) -> bool {
+        let window = self.dedup_window;
+        self.clients.entry(id.client).or_insert_with(|| ClientWindow::new(window)).first_application(id.sequence)
+    }
+
+    /// The fresh command at log `index`, if applied and not discarded.
+    pub fn get(&self, index: u64) -> Option<&Command> {
+        let run_position = self.runs.partition_point(|run| run.first_index <= index).checked_sub(1)?;
+        let run = &self.runs[run_position];
+        let value = self.chosen(run.slot)?;
+        let duplicates = self.duplicates.get(&run.slot).map(Vec::as_slice).unwrap_or(&[]);
+        let mut wanted = index - run.first_index;
+        for (position, command) in value.commands().iter().enumerate() {
+            if duplicates.contains(&(position as u32)) {
+                continue;
+            }
+            if wanted == 0 {
+                return Some(command);
+            }
+            wanted -= 1;
+        }
+        None
+    }
+
+    /// `(slot, value)` for chosen slots from `from` on, up to `count` of them,
+    /// stopping at the first slot not known chosen.
+    pub fn chosen_run(&self, from: Slot, count: usize) -> Vec<Value> {
+        self.chosen.iter_from(from).map_while(|(_, value)| value.clone()).take(count).collect()
+    }
+
+    /// The lowest slot still held.
+    pub fn first_held(&self) -> Slot {
+        self.chosen.first()
+    }
+
+    /// Safety assertions.
+    pub fn check_invariants(&self) {
+        for slot in self.chosen.first()..=self.applied_through {
+            assert!(self.chosen(slot).is_some(), "slot {slot} applied but not chosen");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn commands(ids: &[(u64, u64)]) -> Value {
+        Value::Commands(Arc::from(
+            ids.iter()
+                .map(|(client, sequence)| Command::new(*client, *sequence, vec![*sequence as u8]))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn tally_needs_the_same_ballot_from_a_majority() {
+        let mut tally = AcceptTally::new(1);
+        assert_eq!(tally.record(3, Ballot::new(1, 1), 0b001), 1);
+        assert_eq!(tally.record(3, Ballot::new(1, 1), 0b001), 1, "a duplicate counts once");
+        assert_eq!(tally.record(3, Ballot::new(2, 2), 0b010), 1, "a higher ballot restarts the count");
+        assert_eq!(tally.record(3, Ballot::new(1, 1), 0b100), 0, "a lower ballot is ignored");
+        assert_eq!(tally.record(3, Ballot::new(2, 2), 0b100), 2);
+    }
+
+    #[test]
+    fn applies_in_slot_order_only() {
+        let mut learner = Learner::new(64);
+        let mut decided = Vec::new();
+        assert!(learner.learn(2, commands(&[(1, 2)])));
+        learner.apply_ready(&mut decided);
+        assert!(decided.is_empty(), "slot 1 is a hole");
+        assert!(learner.learn(1, Value::Noop));
+        learner.apply_ready(&mut decided);
+        assert_eq!(decided.iter().map(|d| d.slot).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(learner.applied_through(), 2);
+        assert_eq!(learner.get(0).map(|command| command.id.sequence), Some(2));
+        assert_eq!(learner.get(1), None);
+    }
+
+    #[test]
+    fn a_retried_command_is_applied_once() {
+        let mut learner = Learner::new(64);
+        let mut decided = Vec::new();
+        learner.learn(1, commands(&[(7, 1), (7, 2)]));
+        learner.learn(2, commands(&[(7, 2), (7, 3)]));
+        learner.apply_ready(&mut decided);
+        assert_eq!(decided[1].duplicates, vec![0]);
+        let indexes: Vec<(u64, u64)> =
+            decided.iter().flat_map(|d| d.entries().map(|(index, command)| (index, command.id.sequence))).collect();
+        assert_eq!(indexes, vec![(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(learner.get(2).map(|command| command.id.sequence), Some(3));
+    }
+
+    #[test]
+    #[should_panic(expected = "agreement violated")]
+    fn two_values_for_one_slot_stop_the_node() {
+        let mut learner = Learner::new(64);
+        learner.learn(1, commands(&[(1, 1)]));
+        learner.learn(1, commands(&[(1, 2)]));
+    }
+
+    #[test]
+    fn dedup_window_forgets_old_sequences_conservatively() {
+        let mut window = ClientWindow::new(64);
+        assert!(window.first_application(5));
+        assert!(!window.first_application(5));
+        assert!(window.first_application(3));
+        assert!(window.first_application(200));
+        assert!(!window.first_application(3), "too old to tell: treated as applied");
+        assert!(window.first_application(199));
+    }
+}

@@ -1,0 +1,197 @@
+//! The protocol's values and messages: what replicas say to each other.
+//!
+//! These are plain serde types. [`crate::wire`] turns them into bytes, once, for
+//! every transport.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ballot::{Ballot, NodeId, Slot};
+
+/// Identifies a client command, so a retried command is applied at most once.
+///
+/// A client picks a `client` id unique in the cluster and numbers its commands
+/// with an increasing `sequence`. Replicas drop a chosen command whose id they
+/// have already applied (see [`crate::Config::dedup_window`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommandId {
+    /// The issuing client.
+    pub client: u64,
+    /// The client's sequence number for this command.
+    pub sequence: u64,
+}
+
+/// One application command: an opaque payload with its id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Command {
+    /// Deduplication key.
+    pub id: CommandId,
+    /// Application bytes; the core never looks inside.
+    pub payload: Vec<u8>,
+}
+
+impl Command {
+    /// Creates a command.
+    pub fn new(client: u64, sequence: u64, payload: impl Into<Vec<u8>>) -> Command {
+        Command { id: CommandId { client, sequence }, payload: payload.into() }
+    }
+}
+
+/// What a slot holds once chosen: a batch of commands, or a no-op that fills a hole.
+///
+/// Batches sit behind an `Arc`, so passing a value to several peers or keeping it
+/// in both the acceptor and the learner never copies the commands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// Fills a hole left by a failed leader (seed 004: "(17, EMPTY)").
+    Noop,
+    /// One or more client commands, chosen together.
+    Commands(Arc<[Command]>),
+}
+
+impl Value {
+    /// The commands this value carries; empty for a no-op.
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Value::Noop => &[],
+            Value::Commands(commands) => commands,
+        }
+    }
+
+    /// Bytes of payload carried, for batching limits.
+    pub fn payload_bytes(&self) -> usize {
+        self.commands().iter().map(|command| command.payload.len()).sum()
+    }
+}
+
+/// A slot's accepted proposal as reported in a promise: `(slot, ballot, value)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedEntry {
+    /// The slot.
+    pub slot: Slot,
+    /// The ballot it was accepted at (the paper's acceptedProposal).
+    pub ballot: Ballot,
+    /// The accepted value (the paper's acceptedValue).
+    pub value: Value,
+}
+
+/// Which slots a prepare asks acceptors to promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrepareScope {
+    /// Basic Paxos: one single-decree instance.
+    Slot(Slot),
+    /// Multi-Paxos: every slot from this one on; one phase 1 for the whole log.
+    From(Slot),
+}
+
+/// A message between replicas. `from` is carried by the transport, not here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Phase 1a: "promise not to accept anything below `ballot`".
+    Prepare {
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// Slots covered.
+        scope: PrepareScope,
+    },
+    /// Phase 1b: the promise, with every accepted proposal in scope.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// Slots covered; equal to the prepare's.
+        scope: PrepareScope,
+        /// Accepted proposals in scope.
+        accepted: Vec<AcceptedEntry>,
+        /// The highest slot below which the promiser knows every slot chosen.
+        chosen_through: Slot,
+    },
+    /// Phase 2a: "accept these values at consecutive slots starting at `first_slot`".
+    Accept {
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// Slot of `values[0]`.
+        first_slot: Slot,
+        /// One value per slot.
+        values: Vec<Value>,
+        /// The leader's commit point: every slot `<= chosen_through` is chosen.
+        chosen_through: Slot,
+    },
+    /// Phase 2b: the acceptor accepted `count` slots from `first_slot` at `ballot`.
+    Accepted {
+        /// The ballot accepted.
+        ballot: Ballot,
+        /// First slot accepted.
+        first_slot: Slot,
+        /// Number of consecutive slots accepted.
+        count: u64,
+    },
+    /// A rejection. Always says the highest ballot promised, so the proposer can
+    /// retry above it (seed 000: "the highest I've seen is #48").
+    Nack {
+        /// The ballot that was refused.
+        ballot: Ballot,
+        /// The slot it concerned, for Basic Paxos; `0` for the whole log.
+        slot: Slot,
+        /// The acceptor's promise, which is higher than `ballot`.
+        promised: Ballot,
+    },
+    /// Leader heartbeat carrying the commit point.
+    Commit {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// Every slot `<= chosen_through` is chosen.
+        chosen_through: Slot,
+    },
+    /// A learner announcement: `slot` is chosen with `value` (Basic Paxos).
+    Chosen {
+        /// The slot.
+        slot: Slot,
+        /// Its chosen value.
+        value: Value,
+    },
+    /// "Send me the chosen values from `from_slot` on."
+    CatchUpRequest {
+        /// First slot wanted.
+        from_slot: Slot,
+    },
+    /// Chosen values for consecutive slots, answering a catch-up request.
+    CatchUp {
+        /// Slot of `values[0]`.
+        first_slot: Slot,
+        /// Chosen values.
+        values: Vec<Value>,
+    },
+    /// A follower passes client commands on to the leader it knows.
+    Forward {
+        /// The commands.
+        commands: Vec<Command>,
+    },
+}
+
+impl Message {
+    /// A short name for logs and statistics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Prepare { .. } => "prepare",
+            Message::Promise { .. } => "promise",
+            Message::Accept { .. } => "accept",
+            Message::Accepted { .. } => "accepted",
+            Message::Nack { .. } => "nack",
+            Message::Commit { .. } => "commit",
+            Message::Chosen { .. } => "chosen",
+            Message::CatchUpRequest { .. } => "catch-up-request",
+            Message::CatchUp { .. } => "catch-up",
+            Message::Forward { .. } => "forward",
+        }
+    }
+}
+
+/// A message addressed to one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Destination; may be the sending replica itself.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+}

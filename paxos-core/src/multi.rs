@@ -1,0 +1,550 @@
+//! Multi-Paxos: a stable leader runs phase 1 once for the whole log, then phase 2
+//! per slot, pipelined and batched (Paxos Made Simple §3; seed 004).
+//!
+//! A follower that hears nothing from a leader for a randomized election timeout
+//! prepares a higher ballot for every slot from the first one it does not know to
+//! be chosen. On a majority of promises it re-proposes the highest-ballot value
+//! reported for each such slot, fills the holes with no-ops, and from then on
+//! sends only accepts. The commit point rides on accepts and heartbeats.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::acceptor::Acceptor;
+use crate::actions::{Actions, Event};
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::{Config, ConfigError};
+use crate::learner::{AcceptTally, Learner};
+use crate::message::{AcceptedEntry, Command, Message, PrepareScope, Value};
+use crate::proposer::PromiseTally;
+use crate::replica::{Core, ProposeError, Replica, Role, Status};
+use crate::slots::SlotMap;
+use crate::storage::DurableState;
+
+/// A slot this leader proposed and has not yet seen chosen.
+#[derive(Clone, Debug, Default)]
+struct InFlight {
+    value: Option<Value>,
+    sent_at: u64,
+}
+
+#[derive(Debug)]
+struct Leadership {
+    ballot: Ballot,
+    next_slot: Slot,
+    votes: AcceptTally,
+    in_flight: SlotMap<InFlight>,
+    commit_sent: Slot,
+    heartbeat_at: u64,
+    /// Per member (by position), the highest slot it is known to have accepted.
+    accepted_through: Vec<Slot>,
+}
+
+#[derive(Debug)]
+enum State {
+    Follower,
+    Candidate { tally: PromiseTally, from_slot: Slot, sent_at: u64 },
+    Leader(Box<Leadership>),
+}
+
+/// A Multi-Paxos replica: acceptor, learner, and (when elected) the leader's proposer.
+#[derive(Debug)]
+pub struct MultiPaxos {
+    core: Core,
+    state: State,
+    /// The leader this replica follows, if any, and its ballot.
+    leader: Option<NodeId>,
+    leader_ballot: Ballot,
+    ticks_since_heard: u64,
+    election_timeout: u64,
+    queue: VecDeque<Command>,
+}
+
+impl MultiPaxos {
+    /// A replica restored from `durable` (empty for a new node).
+    pub fn new(config: Config, durable: &DurableState) -> Result<MultiPaxos, ConfigError> {
+        let core = Core::new(config, durable)?;
+        let mut replica = MultiPaxos {
+            core,
+            state: State::Follower,
+            leader: None,
+            leader_ballot: Ballot::ZERO,
+            ticks_since_heard: 0,
+            election_timeout: 0,
+            queue: VecDeque::new(),
+        };
+        replica.reset_election_timer();
+        if replica.core.config.members.len() == 1 {
+            // Alone, there is nobody to wait for.
+            replica.start_election();
+        }
+        Ok(replica)
+    }
+
+    /// The ballot this replica leads or stands with, if any.
+    pub fn own_ballot(&self) -> Option<Ballot> {
+        match &self.state {
+            State::Follower => None,
+            State::Candidate { tally, .. } => Some(tally.ballot()),
+            State::Leader(leadership) => Some(leadership.ballot),
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        let base = self.core.config.election_timeout_ticks;
+        self.ticks_since_heard = 0;
+        self.election_timeout = self.core.rng.range_inclusive(base, 2 * base - 1);
+    }
+
+    fn set_leader(&mut self, leader: Option<NodeId>, ballot: Ballot) {
+        if self.leader != leader || (leader.is_some() && self.leader_ballot != ballot) {
+            tracing::info!(node = self.core.id(), ?leader, %ballot, "leader changed");
+            self.leader = leader;
+            self.leader_ballot = ballot;
+            self.core.event(Event::LeaderChanged { leader, ballot });
+        }
+    }
+
+    /// Gives up candidacy or leadership because `ballot` is higher than ours.
+    fn step_down(&mut self, ballot: Ballot) {
+        if matches!(self.state, State::Follower) {
+            return;
+        }
+        tracing::info!(node = self.core.id(), %ballot, "stepping down");
+        self.state = State::Follower;
+        self.set_leader(None, ballot);
+        if !self.queue.is_empty() {
+            let ids = self.queue.drain(..).map(|command| command.id).collect();
+            self.core.event(Event::Dropped { ids, leader_hint: None });
+        }
+    }
+
+    /// Notes a message from the leader of `ballot`: it is alive, and it leads.
+    fn heard_from_leader(&mut self, ballot: Ballot) {
+        if ballot < self.leader_ballot {
+            return;
+        }
+        if let Some(own) = self.own_ballot() {
+            if ballot > own {
+                self.step_down(ballot);
+            } else {
+                return;
+            }
+        }
+        self.ticks_since_heard = 0;
+        self.set_leader(Some(ballot.node), ballot);
+    }
+
+    fn start_election(&mut self) {
+        let above = self.core.acceptor.promised().max(self.leader_ballot);
+        let ballot = self.core.next_ballot(above);
+        let from_slot = self.core.learner.applied_through() + 1;
+        tracing::info!(node = self.core.id(), %ballot, from_slot, "standing for election (phase 1)");
+        if matches!(self.state, State::Leader(_)) {
+            self.step_down(ballot);
+        }
+        self.set_leader(None, ballot);
+        self.state = State::Candidate { tally: PromiseTally::new(ballot), from_slot, sent_at: self.core.ticks };
+        self.reset_election_timer();
+        // The prepare carries a freshly reserved round: it leaves after the reservation is durable.
+        self.core.broadcast_after_persist(&Message::Prepare { ballot, scope: PrepareScope::From(from_slot) });
+    }
+
+    fn on_promise(&mut self, from: NodeId, ballot: Ballot, accepted: Vec<AcceptedEntry>, chosen_through: Slot) {
+        self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
+        let Some(voter) = self.core.bit(from) else { return };
+        let State::Candidate { tally, .. } = &mut self.state else { return };
+        if tally.ballot() != ballot {
+            return;
+        }
+        if tally.on_promise(voter, accepted) >= self.core.quorum {
+            self.become_leader();
+        }
+    }
+
+    fn become_leader(&mut self) {
+        let State::Candidate { tally, from_slot, .. } = std::mem::replace(&mut self.state, State::Follower) else {
+            unreachable!("only a candidate becomes leader")
+        };
+        let ballot = tally.ballot();
+        let first_unknown = self.core.learner.applied_through() + 1;
+        let end = tally
+            .highest_reported_slot()
+            .map_or(0, |slot| slot + 1)
+            .max(self.core.learner.chosen_end())
+            .max(first_unknown);
+        tracing::info!(node = self.core.id(), %ballot, from_slot, end, "elected leader; re-proposing and filling holes");
+        let members = self.core.config.members.len();
+        self.state = State::Leader(Box::new(Leadership {
+            ballot,
+            next_slot: first_unknown,
+            votes: AcceptTally::new(first_unknown),
+            in_flight: SlotMap::new(first_unknown),
+            commit_sent: 0,
+            heartbeat_at: self.core.ticks,
+            accepted_through: vec![0; members],
+        }));
+        self.set_leader(Some(self.core.id()), ballot);
+        // Seed 004: re-propose every value learned in phase 1 and fill holes with no-ops.
+        let values: Vec<Value> = (first_unknown..end)
+            .map(|slot| match self.core.learner.chosen(slot) {
+                Some(chosen) => chosen.clone(),
+                None => tally.adopt(slot, Value::Noop),
+            })
+            .collect();
+        assert!(from_slot <= first_unknown);
+        self.propose_values(values);
+        self.flush();
+    }
+
+    /// Assigns consecutive slots to `values` and sends the accepts.
+    fn propose_values(&mut self, values: Vec<Value>) {
+        if values.is_empty() {
+            return;
+        }
+        let State::Leader(leadership) = &mut self.state else { unreachable!("only a leader proposes") };
+        let first_slot = leadership.next_slot;
+        for (offset, value) in values.iter().enumerate() {
+            let entry = leadership
+                .in_flight
+                .get_mut(first_slot + offset as u64)
+                .expect("in-flight window starts at the commit point");
+            entry.value = Some(value.clone());
+            entry.sent_at = self.core.ticks;
+        }
+        leadership.next_slot += values.len() as u64;
+        let ballot = leadership.ballot;
+        let chosen_through = self.core.learner.applied_through();
+        leadership.commit_sent = chosen_through;
+        let chunk = self.core.config.accept_slots_per_message_max;
+        let mut first = first_slot;
+        let mut values = values;
+        while !values.is_empty() {
+            let rest = values.split_off(chunk.min(values.len()));
+            let count = values.len() as u64;
+            self.core.broadcast(&Message::Accept { ballot, first_slot: first, values, chosen_through });
+            first += count;
+            values = rest;
+        }
+    }
+
+    /// Leader: turns queued commands into slots while the pipeline has room, and
+    /// makes sure followers hear about a new commit point.
+    fn flush(&mut self) {
+        let State::Leader(leadership) = &self.state else { return };
+        let window_start = self.core.learner.applied_through() + 1;
+        let room = self.core.config.slots_in_flight_max.saturating_sub(leadership.next_slot - window_start);
+        let batch_commands_max = self.core.config.batch_commands_max;
+        let batch_bytes_max = self.core.config.batch_bytes_max;
+        let mut values = Vec::new();
+        while !self.queue.is_empty() && (values.len() as u64) < room {
+            let mut batch = Vec::with_capacity(batch_commands_max.min(self.queue.len()));
+            let mut bytes = 0;
+            while let Some(command) = self.queue.front() {
+                let full = batch.len() >= batch_commands_max || (bytes + command.payload.len() > batch_bytes_max);
+                if full && !batch.is_empty() {
+                    break;
+                }
+                bytes += command.payload.len();
+                batch.push(self.queue.pop_front().expect("front exists"));
+            }
+            values.push(Value::Commands(Arc::from(batch)));
+        }
+        self.propose_values(values);
+        let State::Leader(leadership) = &mut self.state else { return };
+        let chosen_through = self.core.learner.applied_through();
+        if chosen_through > leadership.commit_sent {
+            leadership.commit_sent = chosen_through;
+            leadership.heartbeat_at = self.core.ticks;
+            let ballot = leadership.ballot;
+            self.core.broadcast_to_peers(&Message::Commit { ballot, chosen_through });
+        }
+    }
+
+    fn on_accept(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, values: Vec<Value>, chosen_through: Slot) {
+        if self.core.reply_to_accept(from, ballot, first_slot, &values, true) {
+            self.heard_from_leader(ballot);
+            self.learn_commit(from, ballot, chosen_through);
+        }
+    }
+
+    fn on_commit(&mut self, from: NodeId, ballot: Ballot, chosen_through: Slot) {
+        let promised = self.core.acceptor.promised();
+        if ballot < promised {
+            // A deposed leader: tell it, so it steps down.
+            self.core.actions.send(from, Message::Nack { ballot, slot: 0, promised });
+            return;
+        }
+        self.heard_from_leader(ballot);
+        self.learn_commit(from, ballot, chosen_through);
+    }
+
+    /// Follower: slots up to `chosen_through` are chosen; those this replica
+    /// accepted at the leader's ballot hold the chosen value.
+    fn learn_commit(&mut self, leader: NodeId, ballot: Ballot, chosen_through: Slot) {
+        self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
+        let start = self.core.learner.applied_through() + 1;
+        let end = chosen_through.min(start + 2 * self.core.config.slots_in_flight_max);
+        for slot in start..=end {
+            let Some((accepted_ballot, value)) = self.core.acceptor.accepted(slot) else { continue };
+            if *accepted_ballot == ballot {
+                let value = value.clone();
+                self.core.learn(slot, value);
+            }
+        }
+        self.core.apply();
+        self.core.request_catch_up(leader);
+    }
+
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, count: u64) {
+        let Some(voter) = self.core.bit(from) else { return };
+        let State::Leader(leadership) = &mut self.state else { return };
+        if ballot != leadership.ballot {
+            return;
+        }
+        let position = voter.trailing_zeros() as usize;
+        let last = first_slot + count.saturating_sub(1);
+        leadership.accepted_through[position] = leadership.accepted_through[position].max(last);
+        let mut chosen = Vec::new();
+        for slot in first_slot..first_slot + count {
+            if slot >= leadership.next_slot {
+                break;
+            }
+            if leadership.votes.record(slot, ballot, voter) == self.core.quorum {
+                if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
+                    chosen.push((slot, value));
+                }
+            }
+        }
+        for (slot, value) in chosen {
+            self.core.learn(slot, value);
+        }
+        self.core.apply();
+        let applied = self.core.learner.applied_through();
+        if let State::Leader(leadership) = &mut self.state {
+            leadership.in_flight.discard_below(applied + 1);
+            leadership.votes.discard_below(applied + 1);
+        }
+        self.flush();
+    }
+
+    fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
+        if promised == Ballot::COMPACTED {
+            return;
+        }
+        self.core.observe_ballot(promised);
+        if let Some(own) = self.own_ballot() {
+            if ballot == own && promised > own {
+                self.step_down(promised);
+                self.reset_election_timer();
+            }
+        }
+    }
+
+    fn on_forward(&mut self, from: NodeId, commands: Vec<Command>) {
+        match self.propose(commands) {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::debug!(node = self.core.id(), from, %error, "dropping forwarded commands");
+            }
+        }
+    }
+
+    fn leader_tick(&mut self) {
+        let ticks = self.core.ticks;
+        let retransmit_ticks = self.core.config.retransmit_ticks;
+        let heartbeat_ticks = self.core.config.heartbeat_ticks;
+        let chosen_through = self.core.learner.applied_through();
+        let members = self.core.config.members.clone();
+        let State::Leader(leadership) = &mut self.state else { return };
+        if ticks >= leadership.heartbeat_at + heartbeat_ticks {
+            leadership.heartbeat_at = ticks;
+            leadership.commit_sent = chosen_through;
+            let message = Message::Commit { ballot: leadership.ballot, chosen_through };
+            self.core.broadcast_to_peers(&message);
+        }
+        let State::Leader(leadership) = &mut self.state else { return };
+        // Retransmit accepts that a member has not acknowledged in time.
+        let ballot = leadership.ballot;
+        let mut resend: Vec<(NodeId, Slot, Vec<Value>)> = Vec::new();
+        for slot in chosen_through + 1..leadership.next_slot {
+            let Some(entry) = leadership.in_flight.get_mut(slot) else { continue };
+            if entry.sent_at + retransmit_ticks > ticks {
+                continue;
+            }
+            let Some(value) = entry.value.clone() else { continue };
+            entry.sent_at = ticks;
+            let voters = leadership.votes.voters(slot, ballot);
+            for (position, member) in members.iter().enumerate() {
+                if voters & (1 << position) != 0 {
+                    continue;
+                }
+                match resend.iter_mut().rev().find(|(to, _, _)| to == member) {
+                    Some((_, first, values)) if *first + values.len() as u64 == slot => values.push(value.clone()),
+                    _ => resend.push((*member, slot, vec![value.clone()])),
+                }
+            }
+        }
+        if !resend.is_empty() {
+            tracing::debug!(node = self.core.id(), messages = resend.len(), "retransmitting accepts");
+        }
+        for (to, first_slot, values) in resend {
+            self.core.actions.send(to, Message::Accept { ballot, first_slot, values, chosen_through });
+        }
+    }
+}
+
+impl Replica for MultiPaxos {
+    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError> {
+        match &self.state {
+            State::Leader(_) | State::Candidate { .. } => {
+                let pending_max = self.core.config.pending_commands_max;
+                if self.queue.len() + commands.len() > pending_max {
+                    return Err(ProposeError::Busy { pending_max });
+                }
+                self.queue.extend(commands);
+                self.flush();
+                Ok(())
+            }
+            State::Follower => match self.leader {
+                Some(leader) if leader != self.core.id() => {
+                    self.core.actions.send(leader, Message::Forward { commands });
+                    Ok(())
+                }
+                _ => Err(ProposeError::NotLeader { leader_hint: None }),
+            },
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, message: Message) {
+        if self.core.bit(from).is_none() {
+            tracing::warn!(node = self.core.id(), from, kind = message.kind(), "message from a non-member ignored");
+            return;
+        }
+        match message {
+            Message::Prepare { ballot, scope } => {
+                if self.core.reply_to_prepare(from, ballot, scope) && from != self.core.id() {
+                    if self.own_ballot().is_some_and(|own| ballot > own) {
+                        self.step_down(ballot);
+                    }
+                    // A live candidate: give it time to win before standing ourselves.
+                    self.reset_election_timer();
+                    if ballot > self.leader_ballot {
+                        self.set_leader(None, ballot);
+                    }
+                }
+            }
+            Message::Promise { ballot, accepted, chosen_through, .. } => {
+                self.on_promise(from, ballot, accepted, chosen_through)
+            }
+            Message::Accept { ballot, first_slot, values, chosen_through } => {
+                self.on_accept(from, ballot, first_slot, values, chosen_through)
+            }
+            Message::Accepted { ballot, first_slot, count } => self.on_accepted(from, ballot, first_slot, count),
+            Message::Nack { ballot, promised, .. } => self.on_nack(ballot, promised),
+            Message::Commit { ballot, chosen_through } => self.on_commit(from, ballot, chosen_through),
+            Message::Chosen { slot, value } => {
+                self.core.learn(slot, value);
+                self.core.apply();
+            }
+            Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
+            Message::CatchUp { first_slot, values } => self.core.on_catch_up(from, first_slot, values),
+            Message::Forward { commands } => self.on_forward(from, commands),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.core.ticks += 1;
+        match &self.state {
+            State::Leader(_) => self.leader_tick(),
+            State::Candidate { tally, from_slot, sent_at } => {
+                self.ticks_since_heard += 1;
+                if self.ticks_since_heard >= self.election_timeout {
+                    self.start_election();
+                } else if self.core.ticks >= sent_at + self.core.config.retransmit_ticks {
+                    let message = Message::Prepare { ballot: tally.ballot(), scope: PrepareScope::From(*from_slot) };
+                    if let State::Candidate { sent_at, .. } = &mut self.state {
+                        *sent_at = self.core.ticks;
+                    }
+                    self.core.broadcast(&message);
+                }
+            }
+            State::Follower => {
+                self.ticks_since_heard += 1;
+                if self.ticks_since_heard >= self.election_timeout {
+                    let lagging = self.core.known_chosen_through
+                        > self.core.learner.applied_through() + self.core.config.catch_up_slots_max as u64;
+                    match (lagging, self.leader) {
+                        // A replica that knows it lags far behind catches up before it stands,
+                        // so a fresh leader need not re-propose a long tail.
+                        (true, Some(leader)) => {
+                            self.reset_election_timer();
+                            self.core.request_catch_up(leader);
+                        }
+                        _ => self.start_election(),
+                    }
+                }
+            }
+        }
+        if let Some(leader) = self.leader {
+            self.core.request_catch_up(leader);
+        }
+        self.flush();
+    }
+
+    fn take_actions(&mut self) -> Actions {
+        std::mem::take(&mut self.core.actions)
+    }
+
+    fn status(&self) -> Status {
+        let applied = self.core.learner.applied_through();
+        let peer_lag = match &self.state {
+            State::Leader(leadership) => self
+                .core
+                .config
+                .members
+                .iter()
+                .zip(&leadership.accepted_through)
+                .filter(|(member, _)| **member != self.core.id())
+                .map(|(member, through)| (*member, applied.saturating_sub(*through)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Status {
+            node_id: self.core.id(),
+            role: match self.state {
+                State::Follower => Role::Follower,
+                State::Candidate { .. } => Role::Candidate,
+                State::Leader(_) => Role::Leader,
+            },
+            leader: self.leader,
+            promised: self.core.acceptor.promised(),
+            applied_through: applied,
+            known_chosen_through: self.core.known_chosen_through,
+            next_index: self.core.learner.next_index(),
+            queued_commands: self.queue.len(),
+            peer_lag,
+        }
+    }
+
+    fn learner(&self) -> &Learner {
+        &self.core.learner
+    }
+
+    fn acceptor(&self) -> &Acceptor {
+        &self.core.acceptor
+    }
+
+    fn check_invariants(&self) {
+        self.core.check_invariants();
+        if let State::Leader(leadership) = &self.state {
+            assert!(leadership.next_slot > self.core.learner.applied_through());
+            for slot in self.core.learner.applied_through() + 1..leadership.next_slot {
+                let held = leadership.in_flight.get(slot).is_some_and(|entry| entry.value.is_some());
+                assert!(held, "leader lost the value of in-flight slot {slot}");
+            }
+            assert_eq!(leadership.ballot.node, self.core.id(), "a leader leads with its own ballot");
+        }
+        assert!(self.queue.len() <= self.core.config.pending_commands_max);
+    }
+}

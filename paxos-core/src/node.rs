@@ -1,0 +1,499 @@
+//! The node: an async driver that owns a transport, a storage and a replica, and
+//! offers the application a replicated log (seed 004): `add`, `get`, a stream of
+//! chosen entries, status, and leader-change events.
+//!
+//! It needs no particular runtime. [`Node::start`] returns a handle and a driver
+//! future; spawn the driver on tokio, smol, or a thread with
+//! `futures::executor::block_on`. Timers come from `futures-timer`, which works
+//! under every executor.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::future::FutureExt;
+use futures::{SinkExt, StreamExt};
+
+use crate::actions::{Actions, Decided, Event};
+use crate::ballot::{NodeId, Slot};
+use crate::config::{Config, ConfigError};
+use crate::message::{Command, CommandId, Message, Outgoing};
+use crate::replica::{new_replica, ProposeError, Replica, Status};
+use crate::storage::Storage;
+use crate::transport::Transport;
+
+/// Driver settings that involve real time; the replica itself only counts ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// Wall-clock length of one tick.
+    pub tick_interval: Duration,
+    /// How long `add` waits for its command to be chosen before giving up.
+    pub propose_timeout: Duration,
+    /// Most requests waiting for the driver; callers wait beyond it.
+    pub requests_max: usize,
+    /// Most entries buffered per subscriber; a subscriber that falls further
+    /// behind is disconnected (it can resume with `get`).
+    pub subscriber_buffer_max: usize,
+    /// Most inputs handled before the driver writes and sends (group commit).
+    pub inputs_per_round_max: usize,
+    /// How many recently applied command ids remember their log index, so a
+    /// retried `add` returns the original index.
+    pub recent_ids_max: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            tick_interval: Duration::from_millis(10),
+            propose_timeout: Duration::from_secs(10),
+            requests_max: 4096,
+            subscriber_buffer_max: 65_536,
+            inputs_per_round_max: 1024,
+            recent_ids_max: 65_536,
+        }
+    }
+}
+
+/// Why a node operation failed, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid; fix it and start again.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No leader is known yet, or this node cannot reach it; retry, or ask `leader_hint`.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node believes in.
+        leader_hint: Option<NodeId>,
+    },
+    /// The proposal queue is full; retry after a pause.
+    #[error("too many pending commands; retry later")]
+    Busy,
+    /// The command was not chosen in time. Retrying with the same id is safe:
+    /// it is applied at most once.
+    #[error("command not chosen within the timeout; retry with the same id")]
+    Timeout,
+    /// The node has stopped.
+    #[error("node stopped")]
+    Stopped,
+    /// A durable write failed; the node stopped rather than answer as if it succeeded.
+    #[error("storage failed: {0}")]
+    Storage(Box<dyn std::error::Error + Send + Sync>),
+    /// The transport failed for good.
+    #[error("transport failed: {0}")]
+    Transport(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(error: ProposeError) -> Self {
+        match error {
+            ProposeError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
+            ProposeError::Busy { .. } => NodeError::Busy,
+        }
+    }
+}
+
+/// One applied command and its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position among applied commands, from 0, dense.
+    pub index: u64,
+    /// The slot whose value carried it.
+    pub slot: Slot,
+    /// The command.
+    pub command: Command,
+}
+
+enum Request {
+    Add { command: Command, reply: oneshot::Sender<Result<u64, NodeError>> },
+    Get { index: u64, reply: oneshot::Sender<Option<Command>> },
+    Status { reply: oneshot::Sender<Status> },
+    Subscribe { entries: mpsc::Sender<Entry> },
+    Events { events: mpsc::Sender<Event> },
+    Shutdown,
+}
+
+/// The application's side of a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    node_id: NodeId,
+    requests: mpsc::Sender<Request>,
+    options: NodeOptions,
+}
+
+/// Starts nodes.
+pub struct Node;
+
+impl Node {
+    /// Loads `storage`, builds the replica, and returns a handle plus the driver
+    /// future, which the caller spawns on any executor. The driver runs until
+    /// [`NodeHandle::shutdown`], or fails with the storage or transport error that
+    /// stopped it.
+    pub async fn start<T, S>(
+        config: Config,
+        transport: T,
+        storage: S,
+    ) -> Result<(NodeHandle, impl std::future::Future<Output = Result<(), NodeError>> + Send + 'static), NodeError>
+    where
+        T: Transport + 'static,
+        S: Storage + 'static,
+    {
+        Node::start_with(config, NodeOptions::default(), transport, storage).await
+    }
+
+    /// [`Node::start`] with explicit driver options.
+    pub async fn start_with<T, S>(
+        config: Config,
+        options: NodeOptions,
+        transport: T,
+        storage: S,
+    ) -> Result<(NodeHandle, impl std::future::Future<Output = Result<(), NodeError>> + Send + 'static), NodeError>
+    where
+        T: Transport + 'static,
+        S: Storage + 'static,
+    {
+        config.validate()?;
+        let durable = storage.load().await.map_err(|error| NodeError::Storage(Box::new(error)))?;
+        let node_id = config.node_id;
+        let resubmit_ticks = config.election_timeout_ticks;
+        let replica = new_replica(config, &durable)?;
+        let (requests, inbox) = mpsc::channel(options.requests_max);
+        let driver = Driver {
+            node_id,
+            replica,
+            transport: std::sync::Arc::new(transport),
+            storage,
+            options: options.clone(),
+            local: VecDeque::new(),
+            waiters: HashMap::new(),
+            ticks: 0,
+            resubmit_ticks,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            subscribers: Vec::new(),
+            event_watchers: Vec::new(),
+        };
+        let handle = NodeHandle { node_id, requests, options };
+        Ok((handle, driver.run(inbox)))
+    }
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    async fn request(&self, request: Request) -> Result<(), NodeError> {
+        self.requests.clone().send(request).await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Proposes `command` and returns its log index once it is chosen and applied
+    /// here (seed 004's `add(item) -> index`). A follower forwards to the leader.
+    /// While no leader is known, it retries until the propose timeout. Retrying a
+    /// command with the same [`CommandId`] is safe: it is applied at most once.
+    pub async fn add(&self, command: Command) -> Result<u64, NodeError> {
+        let deadline = futures_timer::Delay::new(self.options.propose_timeout).fuse();
+        futures::pin_mut!(deadline);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.request(Request::Add { command: command.clone(), reply }).await?;
+            let mut answer = answer.fuse();
+            let result = futures::select_biased! {
+                result = answer => result.map_err(|_| NodeError::Stopped)?,
+                _ = deadline => return Err(NodeError::Timeout),
+            };
+            match result {
+                Err(NodeError::NotLeader { leader_hint: None }) => {
+                    // An election is under way: wait a tick and try again.
+                    let mut pause = futures_timer::Delay::new(self.options.tick_interval).fuse();
+                    futures::select_biased! {
+                        _ = pause => {},
+                        _ = deadline => return Err(NodeError::Timeout),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The applied command at log `index`, if this node has it (seed 004's `get`).
+    /// Eventually consistent: a lagging node may not have it yet.
+    pub async fn get(&self, index: u64) -> Result<Option<Command>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Get { index, reply }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// A snapshot of the replica's role, leader, ballot, applied point and peer lag.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Status { reply }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Every command applied from now on, in log order (seed 004's "event
+    /// triggered each time an item is added").
+    pub async fn subscribe(&self) -> Result<impl futures::Stream<Item = Entry>, NodeError> {
+        let (entries, stream) = mpsc::channel(self.options.subscriber_buffer_max);
+        self.request(Request::Subscribe { entries }).await?;
+        Ok(stream)
+    }
+
+    /// Leader changes and dropped commands, from now on.
+    pub async fn events(&self) -> Result<impl futures::Stream<Item = Event>, NodeError> {
+        let (events, stream) = mpsc::channel(self.options.subscriber_buffer_max);
+        self.request(Request::Events { events }).await?;
+        Ok(stream)
+    }
+
+    /// Asks the driver to stop after finishing the round it is in.
+    pub fn shutdown(&self) {
+        let _ = self.requests.clone().try_send(Request::Shutdown);
+    }
+}
+
+/// A command proposed through this node and not yet applied here.
+struct Waiting {
+    command: Command,
+    replies: Vec<oneshot::Sender<Result<u64, NodeError>>>,
+    proposed_at: u64,
+}
+
+struct Driver<T, S> {
+    node_id: NodeId,
+    replica: Box<dyn Replica>,
+    transport: std::sync::Arc<T>,
+    storage: S,
+    options: NodeOptions,
+    /// Messages this node sent to itself, delivered without the transport.
+    local: VecDeque<Message>,
+    waiters: HashMap<CommandId, Waiting>,
+    ticks: u64,
+    resubmit_ticks: u64,
+    recent: HashMap<CommandId, u64>,
+    recent_order: VecDeque<CommandId>,
+    subscribers: Vec<mpsc::Sender<Entry>>,
+    event_watchers: Vec<mpsc::Sender<Event>>,
+}
+
+impl<T: Transport, S: Storage> Driver<T, S> {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) -> Result<(), NodeError> {
+        tracing::info!(node = self.node_id, "node started");
+        let actions = self.replica.take_actions();
+        self.carry_out(actions).await?;
+        let mut ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
+        let transport = self.transport.clone();
+        let mut receive = transport.recv().fuse();
+        loop {
+            let mut stop = false;
+            let mut inputs = 0;
+            // Wait for one input, then take whatever else is ready, up to a bound,
+            // so one write and one round of sends cover many inputs.
+            futures::select_biased! {
+                received = receive => {
+                    self.on_received(received)?;
+                    receive = transport.recv().fuse();
+                    inputs += 1;
+                }
+                request = requests.next() => match request {
+                    Some(request) => stop |= self.on_request(request),
+                    None => stop = true,
+                },
+                _ = ticker => {
+                    self.replica.tick();
+                    self.ticks += 1;
+                    self.resubmit(false);
+                    ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
+                }
+            }
+            while !stop && inputs < self.options.inputs_per_round_max {
+                if let Some(received) = (&mut receive).now_or_never() {
+                    self.on_received(received)?;
+                    receive = transport.recv().fuse();
+                    inputs += 1;
+                    continue;
+                }
+                match requests.try_recv() {
+                    Ok(request) => {
+                        stop |= self.on_request(request);
+                        inputs += 1;
+                    }
+                    Err(mpsc::TryRecvError::Closed) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            loop {
+                while let Some(message) = self.local.pop_front() {
+                    self.replica.on_message(self.node_id, message);
+                }
+                let actions = self.replica.take_actions();
+                if actions.is_empty() {
+                    break;
+                }
+                self.carry_out(actions).await?;
+            }
+            if stop {
+                tracing::info!(node = self.node_id, "node stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    fn on_received(&mut self, received: Result<(NodeId, Message), T::Error>) -> Result<(), NodeError> {
+        match received {
+            Ok((from, message)) => {
+                self.replica.on_message(from, message);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(node = self.node_id, %error, "transport failed; stopping");
+                Err(NodeError::Transport(Box::new(error)))
+            }
+        }
+    }
+
+    /// Handles one application request; returns true on shutdown.
+    fn on_request(&mut self, request: Request) -> bool {
+        match request {
+            Request::Add { command, reply } => {
+                if let Some(index) = self.recent.get(&command.id) {
+                    let _ = reply.send(Ok(*index));
+                    return false;
+                }
+                let id = command.id;
+                if let Some(waiting) = self.waiters.get_mut(&id) {
+                    // Already in flight from this node: wait for the same outcome.
+                    waiting.replies.push(reply);
+                    return false;
+                }
+                match self.replica.propose(vec![command.clone()]) {
+                    Ok(()) => {
+                        let waiting = Waiting { command, replies: vec![reply], proposed_at: self.ticks };
+                        self.waiters.insert(id, waiting);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Request::Get { index, reply } => {
+                let _ = reply.send(self.replica.learner().get(index).cloned());
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.replica.status());
+            }
+            Request::Subscribe { entries } => self.subscribers.push(entries),
+            Request::Events { events } => self.event_watchers.push(events),
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Sends what may go now, makes the writes durable, sends what waited on
+    /// them, then delivers decisions. A failed write stops the node.
+    async fn carry_out(&mut self, actions: Actions) -> Result<(), NodeError> {
+        for outgoing in actions.send {
+            self.dispatch(outgoing);
+        }
+        let released = actions.persist.persist(&self.storage).await.map_err(|error| {
+            tracing::error!(node = self.node_id, %error, "durable write failed; stopping");
+            NodeError::Storage(Box::new(error))
+        })?;
+        for outgoing in released {
+            self.dispatch(outgoing);
+        }
+        for decided in actions.decided {
+            self.deliver(decided);
+        }
+        for event in actions.events {
+            if let Event::LeaderChanged { leader: Some(_), .. } = &event {
+                // Commands forwarded to a leader that is gone may be lost: offer
+                // them again. Their ids make a second copy harmless.
+                self.resubmit(true);
+            }
+            self.event_watchers.retain_mut(|watcher| watcher.try_send(event.clone()).is_ok());
+        }
+        Ok(())
+    }
+
+    /// Proposes again the commands this node still waits for: all of them when
+    /// `all`, else those waiting longer than an election timeout. A command the
+    /// replica refuses keeps waiting for the next chance, within `add`'s timeout.
+    fn resubmit(&mut self, all: bool) {
+        self.waiters.retain(|_, waiting| waiting.replies.iter().any(|reply| !reply.is_canceled()));
+        let due: Vec<Command> = self
+            .waiters
+            .values_mut()
+            .filter(|waiting| all || self.ticks >= waiting.proposed_at + self.resubmit_ticks)
+            .map(|waiting| {
+                waiting.proposed_at = self.ticks;
+                waiting.command.clone()
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        tracing::debug!(node = self.node_id, commands = due.len(), "resubmitting commands not yet chosen");
+        if let Err(error) = self.replica.propose(due) {
+            tracing::debug!(node = self.node_id, %error, "resubmission refused; will retry");
+        }
+    }
+
+    fn dispatch(&mut self, outgoing: Outgoing) {
+        if outgoing.to == self.node_id {
+            self.local.push_back(outgoing.message);
+        } else if let Err(error) = self.transport.send(outgoing.to, outgoing.message) {
+            tracing::warn!(node = self.node_id, to = outgoing.to, %error, "send failed");
+        }
+    }
+
+    fn remember(&mut self, id: CommandId, index: u64) {
+        if self.recent.insert(id, index).is_none() {
+            self.recent_order.push_back(id);
+            if self.recent_order.len() > self.options.recent_ids_max {
+                if let Some(oldest) = self.recent_order.pop_front() {
+                    self.recent.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, decided: Decided) {
+        let waiting = !self.waiters.is_empty();
+        for (index, command) in decided.entries() {
+            if waiting {
+                if let Some(waiting) = self.waiters.remove(&command.id) {
+                    for reply in waiting.replies {
+                        let _ = reply.send(Ok(index));
+                    }
+                }
+            }
+            if !self.subscribers.is_empty() {
+                let entry = Entry { index, slot: decided.slot, command: command.clone() };
+                self.subscribers.retain_mut(|subscriber| match subscriber.try_send(entry.clone()) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        tracing::warn!("a subscriber fell behind or went away; disconnected");
+                        false
+                    }
+                });
+            }
+        }
+        let ids: Vec<(CommandId, u64)> = decided.entries().map(|(index, command)| (command.id, index)).collect();
+        for (id, index) in ids {
+            self.remember(id, index);
+        }
+        // A retried command that was already applied: answer with its first index.
+        for position in &decided.duplicates {
+            let id = decided.value.commands()[*position as usize].id;
+            if let Some(index) = self.recent.get(&id).copied() {
+                if let Some(waiting) = self.waiters.remove(&id) {
+                    for reply in waiting.replies {
+                        let _ = reply.send(Ok(index));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! What Basic and Multi-Paxos replicas share: the `Replica` interface, and the
+//! acceptor, learner and catch-up plumbing both protocols drive the same way.
+
+use crate::acceptor::Acceptor;
+use crate::actions::{Actions, Event};
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::{Config, ConfigError, Protocol};
+use crate::learner::Learner;
+use crate::message::{Command, Message, PrepareScope, Value};
+use crate::rng::Rng;
+use crate::storage::{DurableState, StorageOp};
+
+/// Why a proposal was not taken. Each variant says what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica does not lead; send the command to `leader_hint` if known,
+    /// or retry shortly while an election settles.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this replica believes in.
+        leader_hint: Option<NodeId>,
+    },
+    /// Too many commands are already waiting for a slot; retry after a pause.
+    #[error("proposal queue is full ({pending_max} commands); retry later")]
+    Busy {
+        /// The configured limit.
+        pending_max: usize,
+    },
+}
+
+/// The part a replica plays right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Multi-Paxos: following a leader, or waiting for one.
+    Follower,
+    /// Multi-Paxos: running phase 1 for a ballot of its own.
+    Candidate,
+    /// Multi-Paxos: phase 1 done; runs phase 2 per slot.
+    Leader,
+    /// Basic Paxos: every replica proposes for itself.
+    Proposer,
+}
+
+/// A snapshot of what a replica knows, for monitoring and routing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub node_id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The leader it believes in (Multi-Paxos).
+    pub leader: Option<NodeId>,
+    /// The highest ballot it has promised.
+    pub promised: Ballot,
+    /// Every slot up to this one is chosen and applied here.
+    pub applied_through: Slot,
+    /// The highest slot any peer reported chosen.
+    pub known_chosen_through: Slot,
+    /// The log index the next applied command will get.
+    pub next_index: u64,
+    /// Commands waiting here for a slot.
+    pub queued_commands: usize,
+    /// Per peer, how many slots it trails this replica's applied point by, as far
+    /// as this replica can tell (leaders only; empty otherwise).
+    pub peer_lag: Vec<(NodeId, Slot)>,
+}
+
+/// A replica of either protocol, as its driver sees it: a sans-IO state machine.
+///
+/// Feed it proposals, messages and ticks; after each call (or several), take the
+/// [`Actions`] and carry them out. Nothing here does IO, reads a clock, or spawns.
+pub trait Replica: Send {
+    /// Offers client commands for the log.
+    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError>;
+    /// Handles a message from member `from`. Messages from strangers are ignored.
+    fn on_message(&mut self, from: NodeId, message: Message);
+    /// Advances logical time by one tick (timeouts, heartbeats, retransmission).
+    fn tick(&mut self);
+    /// Takes everything the replica has asked for since the last call.
+    fn take_actions(&mut self) -> Actions;
+    /// What the replica knows.
+    fn status(&self) -> Status;
+    /// The learner: chosen values and applied log.
+    fn learner(&self) -> &Learner;
+    /// The acceptor: promises and accepted values.
+    fn acceptor(&self) -> &Acceptor;
+    /// Panics if an internal safety invariant does not hold (STYLE.md rule 7).
+    fn check_invariants(&self);
+}
+
+/// Builds the replica `config.protocol` names, restored from `durable`.
+///
+/// Slots already chosen in `durable` are applied again, so the first actions
+/// deliver the recovered log to the application in order.
+pub fn new_replica(config: Config, durable: &DurableState) -> Result<Box<dyn Replica>, ConfigError> {
+    config.validate()?;
+    Ok(match config.protocol {
+        Protocol::Multi => Box::new(crate::multi::MultiPaxos::new(config, durable)?),
+        Protocol::Basic => Box::new(crate::basic::BasicPaxos::new(config, durable)?),
+    })
+}
+
+/// State and handlers common to both protocols.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub config: Config,
+    pub quorum: usize,
+    pub rng: Rng,
+    pub acceptor: Acceptor,
+    pub learner: Learner,
+    /// Rounds up to this one are reserved durably for this node's ballots.
+    pub round_reserved: u64,
+    /// The highest round seen in any ballot, ours or a peer's.
+    pub highest_round_seen: u64,
+    /// The highest round this node has put in a ballot of its own.
+    pub own_round_used: u64,
+    pub actions: Actions,
+    pub ticks: u64,
+    /// The highest slot a peer told us is chosen.
+    pub known_chosen_through: Slot,
+    /// When the last catch-up request left, if one is outstanding.
+    pub catch_up_sent_at: Option<u64>,
+}
+
+impl Core {
+    pub fn new(config: Config, durable: &DurableState) -> Result<Core, ConfigError> {
+        config.validate()?;
+        let mut core = Core {
+            quorum: config.quorum(),
+            rng: Rng::new(config.seed),
+            acceptor: Acceptor::from_durable(durable),
+            learner: Learner::new(config.dedup_window),
+            round_reserved: durable.round,
+            highest_round_seen: durable.round.max(durable.promised.round),
+            own_round_used: 0,
+            actions: Actions::default(),
+            ticks: 0,
+            known_chosen_through: 0,
+            catch_up_sent_at: None,
+            config,
+        };
+        for (slot, state) in &durable.slots {
+            if let Some(value) = &state.chosen {
+                core.learner.learn(*slot, value.clone());
+            }
+        }
+        core.learner.apply_ready(&mut core.actions.decided);
+        core.known_chosen_through = core.learner.applied_through();
+        Ok(core)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The vote bit of `node`, or `None` if it is not a member.
+    pub fn bit(&self, node: NodeId) -> Option<u64> {
+        self.config.member_bit(node)
+    }
+
+    pub fn observe_ballot(&mut self, ballot: Ballot) {
+        if ballot != Ballot::COMPACTED {
+            self.highest_round_seen = self.highest_round_seen.max(ballot.round);
+        }
+    }
+
+    /// A fresh ballot of ours above every round seen and above `above`. Its round
+    /// is reserved by a `Round` op, so messages carrying it must go out through
+    /// `persist` (after the reservation is durable).
+    pub fn next_ballot(&mut self, above: Ballot) -> Ballot {
+        let round = self.highest_round_seen.max(self.round_reserved).max(above.round) + 1;
+        let ballot = Ballot::new(round, self.id());
+        assert!(ballot > above);
+        if round > self.round_reserved {
+            // Seed 001: the round is durable before the ballot is used. Reserving
+            // a few rounds ahead saves a write per Basic Paxos instance.
+            self.round_reserved = round + 15;
+            self.actions.persist.push_op(StorageOp::Round(self.round_reserved));
+        }
+        self.highest_round_seen = round;
+        self.own_round_used = round;
+        ballot
+    }
+
+    /// Sends `message` to every member, this one included.
+    pub fn broadcast(&mut self, message: &Message) {
+        for member in self.config.members.clone() {
+            self.actions.send(member, message.clone());
+        }
+    }
+
+    /// Sends `message` to every member, this one included, once the pending writes are durable.
+    pub fn broadcast_after_persist(&mut self, message: &Message) {
+        for member in self.config.members.clone() {
+            self.actions.persist.push_message(member, message.clone());
+        }
+    }
+
+    /// Sends `message` to every member but this one.
+    pub fn broadcast_to_peers(&mut self, message: &Message) {
+        for member in self.config.members.clone() {
+            if member != self.id() {
+                self.actions.send(member, message.clone());
+            }
+        }
+    }
+
+    /// Phase 1b for either protocol. Returns whether a promise was given.
+    pub fn reply_to_prepare(&mut self, from: NodeId, ballot: Ballot, scope: PrepareScope) -> bool {
+        self.observe_ballot(ballot);
+        let mut ops = Vec::new();
+        match self.acceptor.on_prepare(ballot, scope, &mut ops) {
+            Ok(accepted) => {
+                ops.into_iter().for_each(|op| self.actions.persist.push_op(op));
+                let chosen_through = self.learner.applied_through();
+                // Seed 001: the promise leaves only after it is durable.
+                self.actions.persist.push_message(from, Message::Promise { ballot, scope, accepted, chosen_through });
+                true
+            }
+            Err(promised) => {
+                let slot = match scope {
+                    PrepareScope::Slot(slot) => slot,
+                    PrepareScope::From(_) => 0,
+                };
+                self.actions.send(from, Message::Nack { ballot, slot, promised });
+                false
+            }
+        }
+    }
+
+    /// Phase 2b for either protocol. Returns whether the values were accepted.
+    pub fn reply_to_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        values: &[Value],
+        log_wide: bool,
+    ) -> bool {
+        self.observe_ballot(ballot);
+        let mut ops = Vec::new();
+        match self.acceptor.on_accept(ballot, first_slot, values, log_wide, &mut ops) {
+            Ok(()) => {
+                ops.into_iter().for_each(|op| self.actions.persist.push_op(op));
+                let count = values.len() as u64;
+                // Seed 001: the accept leaves only after it is durable.
+                self.actions.persist.push_message(from, Message::Accepted { ballot, first_slot, count });
+                true
+            }
+            Err(promised) => {
+                let slot = if log_wide { 0 } else { first_slot };
+                self.actions.send(from, Message::Nack { ballot, slot, promised });
+                false
+            }
+        }
+    }
+
+    /// Records `slot` as chosen with `value`, durably, and applies what became ready.
+    pub fn learn(&mut self, slot: Slot, value: Value) -> bool {
+        if slot <= self.learner.applied_through() {
+            return false;
+        }
+        if !self.learner.learn(slot, value.clone()) {
+            return false;
+        }
+        let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
+        let value = if same_as_accepted { None } else { Some(value) };
+        self.actions.persist.push_op(StorageOp::Chosen { slot, value });
+        self.known_chosen_through = self.known_chosen_through.max(slot.min(self.learner.chosen_end() - 1));
+        true
+    }
+
+    pub fn apply(&mut self) {
+        self.learner.apply_ready(&mut self.actions.decided);
+        if self.learner.applied_through() >= self.known_chosen_through {
+            self.catch_up_sent_at = None;
+        }
+    }
+
+    /// Asks `peer` for chosen values this replica lacks, unless a request is
+    /// already outstanding and not yet due for retransmission.
+    pub fn request_catch_up(&mut self, peer: NodeId) {
+        if peer == self.id() || self.learner.applied_through() >= self.known_chosen_through {
+            return;
+        }
+        if let Some(sent_at) = self.catch_up_sent_at {
+            if self.ticks < sent_at + self.config.retransmit_ticks {
+                return;
+            }
+        }
+        self.catch_up_sent_at = Some(self.ticks);
+        tracing::debug!(node = self.id(), peer, from_slot = self.learner.applied_through() + 1, "catch-up requested");
+        self.actions.send(peer, Message::CatchUpRequest { from_slot: self.learner.applied_through() + 1 });
+    }
+
+    pub fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
+        let values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max);
+        if !values.is_empty() {
+            self.actions.send(from, Message::CatchUp { first_slot: from_slot.max(1), values });
+        }
+    }
+
+    pub fn on_catch_up(&mut self, from: NodeId, first_slot: Slot, values: Vec<Value>) {
+        let count = values.len();
+        for (offset, value) in values.into_iter().enumerate() {
+            self.learn(first_slot + offset as u64, value);
+        }
+        self.known_chosen_through = self.known_chosen_through.max(first_slot + count as u64 - 1);
+        self.apply();
+        if self.learner.applied_through() < self.known_chosen_through {
+            // More to fetch: ask again at once rather than waiting for a timeout.
+            self.catch_up_sent_at = None;
+            self.request_catch_up(from);
+        }
+    }
+
+    pub fn event(&mut self, event: Event) {
+        self.actions.events.push(event);
+    }
+
+    pub fn check_invariants(&self) {
+        self.acceptor.check_invariants();
+        self.learner.check_invariants();
+        // Seed 001: a ballot's round is reserved durably before the ballot is used.
+        assert!(self.own_round_used <= self.round_reserved, "ballot round used before it was reserved");
+    }
+}

@@ -1,0 +1,160 @@
+//! The `Storage` trait: where an acceptor's promises and accepts become durable.
+//!
+//! The core never calls storage itself. It emits [`StorageOp`]s inside a
+//! [`crate::PersistThen`]; the driver hands them to a `Storage`, and only once
+//! `append` has returned `Ok` can the replies that depend on them be sent.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ballot::{Ballot, Slot};
+use crate::message::Value;
+
+/// One durable change to a replica's state. A log of these, replayed in order
+/// with [`DurableState::apply`], rebuilds everything a replica must not forget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageOp {
+    /// The acceptor promised `ballot` for every slot (seed 001: minProposal).
+    Promise(Ballot),
+    /// The acceptor promised `ballot` for one slot (Basic Paxos instances).
+    PromiseSlot {
+        /// The slot.
+        slot: Slot,
+        /// The promised ballot.
+        ballot: Ballot,
+    },
+    /// The acceptor accepted `value` at `ballot` for `slot`
+    /// (seed 001: acceptedProposal and acceptedValue).
+    Accept {
+        /// The slot.
+        slot: Slot,
+        /// The accepted ballot.
+        ballot: Ballot,
+        /// The accepted value.
+        value: Value,
+    },
+    /// This node, as a proposer, may use rounds up to and including this one.
+    /// Written before a ballot with that round leaves the node.
+    Round(u64),
+    /// The learner knows `slot` is chosen. `value` is `None` when the chosen value
+    /// is the one this node accepted for `slot` (the common case, which saves
+    /// writing the value twice), and `Some` when it was learned from a peer.
+    Chosen {
+        /// The slot.
+        slot: Slot,
+        /// The chosen value, unless it equals this node's accepted value.
+        value: Option<Value>,
+    },
+}
+
+/// Per-slot durable state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotState {
+    /// Promise for this slot alone (Basic Paxos); `Ballot::ZERO` if none.
+    pub promised: Ballot,
+    /// The accepted proposal, if any.
+    pub accepted: Option<(Ballot, Value)>,
+    /// The chosen value, once learned.
+    pub chosen: Option<Value>,
+}
+
+/// Everything a replica recovers on restart. Whatever is not here is volatile.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// The acceptor's log-wide promise (minProposal).
+    pub promised: Ballot,
+    /// The highest proposer round this node has reserved.
+    pub round: u64,
+    /// Slot states, by slot.
+    pub slots: BTreeMap<Slot, SlotState>,
+}
+
+impl DurableState {
+    /// Applies one operation. Replaying a log of ops in order yields the state the
+    /// node had when the last of them became durable. Applying is idempotent for
+    /// promises and rounds (they only grow), so replaying a duplicated tail is safe.
+    pub fn apply(&mut self, op: &StorageOp) {
+        match op {
+            StorageOp::Promise(ballot) => self.promised = self.promised.max(*ballot),
+            StorageOp::PromiseSlot { slot, ballot } => {
+                let state = self.slots.entry(*slot).or_default();
+                state.promised = state.promised.max(*ballot);
+            }
+            StorageOp::Accept { slot, ballot, value } => {
+                let state = self.slots.entry(*slot).or_default();
+                // Accepting at a ballot is also a promise of it, for this slot.
+                state.promised = state.promised.max(*ballot);
+                state.accepted = Some((*ballot, value.clone()));
+            }
+            StorageOp::Round(round) => self.round = self.round.max(*round),
+            StorageOp::Chosen { slot, value } => {
+                let state = self.slots.entry(*slot).or_default();
+                let chosen = value.clone().or_else(|| state.accepted.as_ref().map(|(_, value)| value.clone()));
+                if chosen.is_some() {
+                    state.chosen = chosen;
+                }
+            }
+        }
+    }
+}
+
+/// Durable storage for one replica.
+///
+/// Implement two methods and the node is crash-safe. Run
+/// [`crate::conformance::storage_suite`] on a new backend to check the contract.
+///
+/// Both `S: Storage` and `Box<dyn Storage<Error = E>>` work: the trait has no
+/// generic methods.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Why an operation failed. A failed `append` stops the node: it never
+    /// replies as if the write had succeeded.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Makes `ops` durable, in order, after every op of every earlier call.
+    ///
+    /// # Correctness
+    /// Returns `Ok` only once every op in `ops` would survive a crash (for a disk:
+    /// after fdatasync). After a crash, the recovered state reflects every op of
+    /// every call that returned `Ok`, plus possibly a prefix of the ops of a call
+    /// that was in progress, and nothing else. Promises and accepts are what Paxos
+    /// safety rests on (seed 001): an acceptor that forgets a promise can let two
+    /// values be chosen.
+    async fn append(&self, ops: &[StorageOp]) -> Result<(), Self::Error>;
+
+    /// Returns the state made durable by earlier `append` calls (empty for a new store).
+    ///
+    /// # Correctness
+    /// Equal to replaying, with [`DurableState::apply`], every op of every `append`
+    /// that returned `Ok` (and possibly a prefix of an interrupted one). Called once,
+    /// before the node starts.
+    async fn load(&self) -> Result<DurableState, Self::Error>;
+}
+
+#[async_trait]
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    type Error = S::Error;
+
+    async fn append(&self, ops: &[StorageOp]) -> Result<(), Self::Error> {
+        (**self).append(ops).await
+    }
+
+    async fn load(&self) -> Result<DurableState, Self::Error> {
+        (**self).load().await
+    }
+}
+
+#[async_trait]
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    type Error = S::Error;
+
+    async fn append(&self, ops: &[StorageOp]) -> Result<(), Self::Error> {
+        (**self).append(ops).await
+    }
+
+    async fn load(&self) -> Result<DurableState, Self::Error> {
+        (**self).load().await
+    }
+}

@@ -1,0 +1,223 @@
+//! The async node end to end: a 3-node Multi-Paxos cluster (and a Basic Paxos
+//! one) over the in-memory transport, under tokio and under smol.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use paxos_core::memory::{LinkFaults, MemoryNetwork};
+use paxos_core::node::{NodeHandle, NodeOptions};
+use paxos_core::{Command, Config, Node, NodeError, Protocol, Role};
+use paxos_storage::MemoryStorage;
+
+fn options() -> NodeOptions {
+    NodeOptions {
+        tick_interval: Duration::from_millis(2),
+        propose_timeout: Duration::from_secs(20),
+        ..NodeOptions::default()
+    }
+}
+
+type Spawn = fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+async fn start_cluster(
+    protocol: Protocol,
+    network: &MemoryNetwork,
+    storages: &[MemoryStorage],
+    spawn: Spawn,
+) -> Vec<NodeHandle> {
+    let members = [1, 2, 3];
+    let mut handles = Vec::new();
+    for id in members {
+        handles.push(start_node(protocol, id, network, storages[(id - 1) as usize].clone(), spawn).await);
+    }
+    handles
+}
+
+async fn start_node(
+    protocol: Protocol,
+    id: u64,
+    network: &MemoryNetwork,
+    storage: MemoryStorage,
+    spawn: Spawn,
+) -> NodeHandle {
+    let mut config = Config::new(id, [1, 2, 3], protocol);
+    config.election_timeout_ticks = 10;
+    let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
+    spawn(Box::pin(async move {
+        if let Err(error) = driver.await {
+            panic!("driver failed: {error}");
+        }
+    }));
+    handle
+}
+
+/// Adds a command through `handle`, retrying on `NotLeader` with a hint.
+async fn add(handles: &[NodeHandle], via: usize, command: Command) -> u64 {
+    let mut target = via;
+    for _ in 0..50 {
+        match handles[target].add(command.clone()).await {
+            Ok(index) => return index,
+            Err(NodeError::NotLeader { leader_hint: Some(leader) }) => target = (leader - 1) as usize,
+            Err(NodeError::NotLeader { leader_hint: None }) | Err(NodeError::Timeout) | Err(NodeError::Stopped) => {
+                target = (target + 1) % handles.len()
+            }
+            Err(error) => panic!("add failed: {error}"),
+        }
+    }
+    panic!("command never chosen")
+}
+
+async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let handles = start_cluster(protocol, &network, &storages, spawn).await;
+    let mut entries = handles[2].subscribe().await.unwrap();
+
+    let mut indexes = Vec::new();
+    for sequence in 1..=20u64 {
+        let via = (sequence % 3) as usize;
+        indexes.push(add(&handles, via, Command::new(1, sequence, format!("v{sequence}").into_bytes())).await);
+    }
+    let mut sorted = indexes.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20, "every command has its own index");
+
+    // The stream on node 3 sees every command, in log order.
+    let mut streamed = Vec::new();
+    while streamed.len() < 20 {
+        let entry = entries.next().await.expect("stream open");
+        streamed.push(entry.index);
+    }
+    assert_eq!(streamed, (0..20).collect::<Vec<u64>>());
+
+    // A retry under the same id returns the same index and applies nothing new.
+    let again = add(&handles, 0, Command::new(1, 5, b"v5".to_vec())).await;
+    assert_eq!(again, indexes[4]);
+
+    // Every node serves every index with the same command, once caught up.
+    for index in 0..20 {
+        let expected = handles[0].get(index).await.unwrap().expect("applied on node 1");
+        for handle in &handles[1..] {
+            let mut found = handle.get(index).await.unwrap();
+            for _ in 0..1000 {
+                if found.is_some() {
+                    break;
+                }
+                futures_timer::Delay::new(Duration::from_millis(2)).await;
+                found = handle.get(index).await.unwrap();
+            }
+            assert_eq!(found.as_ref(), Some(&expected));
+        }
+    }
+
+    // Crash node 1 (cut it off, stop its driver), keep going on the other two,
+    // then restart it from its storage and watch it catch up.
+    network.isolate(1);
+    handles[0].shutdown();
+    for sequence in 21..=25u64 {
+        add(&handles, 1 + (sequence % 2) as usize, Command::new(2, sequence, b"after".to_vec())).await;
+    }
+    network.heal();
+    let restarted = start_node(protocol, 1, &network, storages[0].clone(), spawn).await;
+    let handles = vec![restarted, handles[1].clone(), handles[2].clone()];
+    let target = handles[1].status().await.unwrap().next_index;
+    assert!(target >= 25);
+    for _ in 0..5000 {
+        if handles[0].status().await.unwrap().next_index >= target {
+            break;
+        }
+        futures_timer::Delay::new(Duration::from_millis(2)).await;
+    }
+    assert!(handles[0].status().await.unwrap().next_index >= target, "restarted node caught up");
+    for index in 0..target {
+        assert_eq!(handles[0].get(index).await.unwrap(), handles[1].get(index).await.unwrap());
+    }
+    if protocol == Protocol::Multi {
+        let roles: Vec<Role> = futures::future::join_all(handles.iter().map(|h| h.status()))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap().role)
+            .collect();
+        assert!(roles.iter().filter(|role| **role == Role::Leader).count() <= 1 || roles.contains(&Role::Leader));
+    }
+    for handle in &handles {
+        handle.shutdown();
+    }
+}
+
+fn tokio_spawn(future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+    tokio::spawn(future);
+}
+
+fn smol_spawn(future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+    smol::spawn(future).detach();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_paxos_cluster_under_tokio() {
+    cluster_scenario(Protocol::Multi, tokio_spawn).await;
+}
+
+#[test]
+fn multi_paxos_cluster_under_smol() {
+    smol::block_on(cluster_scenario(Protocol::Multi, smol_spawn));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_paxos_cluster_under_tokio() {
+    cluster_scenario(Protocol::Basic, tokio_spawn).await;
+}
+
+#[test]
+fn basic_paxos_cluster_under_smol() {
+    smol::block_on(cluster_scenario(Protocol::Basic, smol_spawn));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_a_lossy_network() {
+    let network = MemoryNetwork::new();
+    network.set_faults(
+        LinkFaults {
+            drop_per_million: 100_000,
+            duplicate_per_million: 50_000,
+            delay: Some((Duration::from_micros(0), Duration::from_millis(3))),
+        },
+        7,
+    );
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let handles = start_cluster(Protocol::Multi, &network, &storages, tokio_spawn).await;
+    for sequence in 1..=20u64 {
+        add(&handles, (sequence % 3) as usize, Command::new(3, sequence, vec![sequence as u8])).await;
+    }
+    for handle in &handles {
+        handle.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_failed_write_stops_the_node_instead_of_replying() {
+    let network = MemoryNetwork::new();
+    let storage = MemoryStorage::new();
+    storage.fail_writes(true);
+    let config = Config::new(1, [1], Protocol::Multi);
+    let (handle, driver) = Node::start_with(config, options(), network.join(1), storage).await.unwrap();
+    let result = driver.await;
+    assert!(matches!(result, Err(NodeError::Storage(_))), "got {result:?}");
+    assert!(matches!(handle.add(Command::new(1, 1, vec![])).await, Err(NodeError::Stopped)));
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused_at_start() {
+    let network = MemoryNetwork::new();
+    let config = Config::new(9, [1, 2, 3], Protocol::Multi);
+    let result = Node::start(config, network.join(9), MemoryStorage::new()).await;
+    assert!(matches!(result, Err(NodeError::Config(_))));
+}
+
+#[test]
+fn memory_transport_passes_the_transport_conformance_suite() {
+    let network = MemoryNetwork::new();
+    let endpoints = vec![(1, network.join(1)), (2, network.join(2)), (3, network.join(3))];
+    futures::executor::block_on(paxos_core::conformance::transport_suite(endpoints));
+}

@@ -1,0 +1,46 @@
+//! The workspace's automation: `cargo xtask <command>`.
+//!
+//! - `test`: the test suite CI runs (the README's test command).
+//! - `bench`: Basic versus Multi-Paxos throughput (see `paxos-bench`).
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Automation for the Paxos workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Runs every test in the workspace, as CI does.
+    Test,
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+fn run(mut command: Command) -> Result<()> {
+    eprintln!("+ {command:?}");
+    let status = command.status().with_context(|| format!("could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Test => {
+            let mut command = cargo();
+            command.args(["test", "--workspace"]);
+            run(command)
+        }
+    }
+}
