@@ -68,6 +68,17 @@ where
     written.extend(later);
     assert_eq!(storage.load().await.expect("load"), replay(&written), "later appends apply after earlier ones");
 
+    // A compaction replaces the prefix with a snapshot.
+    let compact = StorageOp::Compact(crate::storage::Snapshot {
+        through_slot: 1,
+        next_index: 1,
+        client_sequences: vec![(1, 1)],
+        data: b"application state".to_vec(),
+    });
+    storage.append(std::slice::from_ref(&compact)).await.expect("append compaction");
+    written.push(compact);
+    assert_eq!(storage.load().await.expect("load"), replay(&written), "a compaction is durable like any op");
+
     // Many small appends, one at a time, keep their order.
     for round in 0..200u64 {
         let op = StorageOp::Accept {

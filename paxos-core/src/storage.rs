@@ -38,6 +38,9 @@ pub enum StorageOp {
     /// This node, as a proposer, may use rounds up to and including this one.
     /// Written before a ballot with that round leaves the node.
     Round(u64),
+    /// Slots up to `through_slot` are replaced by a snapshot; their state may be
+    /// discarded. Storage backends use this to keep disk use bounded.
+    Compact(Snapshot),
     /// The learner knows `slot` is chosen. `value` is `None` when the chosen value
     /// is the one this node accepted for `slot` (the common case, which saves
     /// writing the value twice), and `Some` when it was learned from a peer.
@@ -47,6 +50,20 @@ pub enum StorageOp {
         /// The chosen value, unless it equals this node's accepted value.
         value: Option<Value>,
     },
+}
+
+/// The application's state through a slot, standing in for the chosen prefix of
+/// the log once that prefix is compacted away.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Every slot up to and including this one is covered by `data`.
+    pub through_slot: Slot,
+    /// The log index the first command after the snapshot gets.
+    pub next_index: u64,
+    /// Per client, the highest command sequence applied; older ones count as applied.
+    pub client_sequences: Vec<(u64, u64)>,
+    /// Opaque application state, produced by the application.
+    pub data: Vec<u8>,
 }
 
 /// Per-slot durable state.
@@ -67,8 +84,10 @@ pub struct DurableState {
     pub promised: Ballot,
     /// The highest proposer round this node has reserved.
     pub round: u64,
-    /// Slot states, by slot.
+    /// Slot states, by slot. Slots covered by `snapshot` are absent.
     pub slots: BTreeMap<Slot, SlotState>,
+    /// The latest snapshot, if the log was ever compacted.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl DurableState {
@@ -89,6 +108,13 @@ impl DurableState {
                 state.accepted = Some((*ballot, value.clone()));
             }
             StorageOp::Round(round) => self.round = self.round.max(*round),
+            StorageOp::Compact(snapshot) => {
+                let newer = self.snapshot.as_ref().is_none_or(|held| held.through_slot < snapshot.through_slot);
+                if newer {
+                    self.slots.retain(|slot, _| *slot > snapshot.through_slot);
+                    self.snapshot = Some(snapshot.clone());
+                }
+            }
             StorageOp::Chosen { slot, value } => {
                 let state = self.slots.entry(*slot).or_default();
                 let chosen = value.clone().or_else(|| state.accepted.as_ref().map(|(_, value)| value.clone()));
