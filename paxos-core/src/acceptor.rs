@@ -35,12 +35,13 @@ impl Default for Acceptor {
 impl Acceptor {
     /// Rebuilds the acceptor from what storage recovered.
     pub fn from_durable(state: &DurableState) -> Acceptor {
-        let mut acceptor = Acceptor { promised: state.promised, ..Acceptor::default() };
+        let first = state.snapshot.as_ref().map_or(1, |snapshot| snapshot.through_slot + 1);
+        let mut acceptor = Acceptor { promised: state.promised, slots: SlotMap::new(first) };
         for (slot, durable) in &state.slots {
             if durable.accepted.is_none() && durable.promised == Ballot::ZERO {
                 continue;
             }
-            let entry = acceptor.slots.get_mut(*slot).expect("slots start at 1");
+            let Some(entry) = acceptor.slots.get_mut(*slot) else { continue };
             entry.promised = durable.promised;
             entry.accepted = durable.accepted.clone();
         }
@@ -79,6 +80,12 @@ impl Acceptor {
     ) -> Result<Vec<AcceptedEntry>, Ballot> {
         match scope {
             PrepareScope::From(first) => {
+                if first < self.slots.first() {
+                    // Slots below our compaction point are chosen, but we no longer
+                    // hold what we accepted there: a promise would hide it from the
+                    // proposer's value adoption. The proposer must catch up first.
+                    return Err(Ballot::COMPACTED);
+                }
                 // Paxos Made Simple §2.2 P1a: never promise below an earlier promise.
                 let highest_slot_promise =
                     self.slots.iter_from(first).map(|(_, entry)| entry.promised).max().unwrap_or(Ballot::ZERO);
@@ -175,9 +182,17 @@ impl Acceptor {
         Ok(())
     }
 
-    /// Forgets slots below `slot`, whose values are chosen and applied.
+    /// Forgets slots below `slot`, whose values are chosen and applied here.
+    /// From then on, prepares and accepts that cover them are refused with
+    /// [`Ballot::COMPACTED`], so no quorum can count this acceptor as having
+    /// accepted nothing there.
     pub fn discard_below(&mut self, slot: Slot) {
         self.slots.discard_below(slot);
+    }
+
+    /// The lowest slot this acceptor still holds state for.
+    pub fn first_slot(&self) -> Slot {
+        self.slots.first()
     }
 
     /// Safety assertions, on in release builds (STYLE.md rule 7).
@@ -253,6 +268,18 @@ mod tests {
         assert_eq!(acceptor.on_accept(Ballot::new(1, 2), 1, &[value("a")], false, &mut ops), Err(Ballot::new(9, 1)));
         assert_eq!(acceptor.on_accept(Ballot::new(1, 2), 2, &[value("a")], false, &mut ops), Ok(()));
         assert_eq!(acceptor.promised(), Ballot::ZERO);
+    }
+
+    #[test]
+    fn a_compacted_prefix_is_never_promised_or_accepted() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        acceptor.on_accept(Ballot::new(1, 1), 1, &[value("a"), value("b")], true, &mut ops).unwrap();
+        acceptor.discard_below(3);
+        assert_eq!(acceptor.on_prepare(Ballot::new(9, 2), PrepareScope::From(2), &mut ops), Err(Ballot::COMPACTED));
+        assert_eq!(acceptor.on_prepare(Ballot::new(9, 2), PrepareScope::Slot(1), &mut ops), Err(Ballot::COMPACTED));
+        assert_eq!(acceptor.on_accept(Ballot::new(9, 2), 2, &[value("x")], true, &mut ops), Err(Ballot::COMPACTED));
+        assert!(acceptor.on_prepare(Ballot::new(9, 2), PrepareScope::From(3), &mut ops).is_ok());
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub enum Event {
         /// Its ballot.
         ballot: Ballot,
     },
+    /// This replica was too far behind and installed a peer's snapshot: the
+    /// application must replace its state with `snapshot.data`. Applied entries
+    /// continue from `snapshot.next_index`.
+    SnapshotInstalled(crate::storage::Snapshot),
     /// Commands this replica held but will not get chosen, for example because it
     /// stopped being leader before giving them a slot. Their clients should retry.
     Dropped {

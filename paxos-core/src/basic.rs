@@ -16,8 +16,8 @@ use crate::config::{Config, ConfigError};
 use crate::learner::Learner;
 use crate::message::{Command, Message, PrepareScope, Value};
 use crate::proposer::Proposer;
-use crate::replica::{Core, ProposeError, Replica, Role, Status};
-use crate::storage::DurableState;
+use crate::replica::{CompactError, Core, ProposeError, Replica, Role, Status};
+use crate::storage::{DurableState, Snapshot};
 
 #[derive(Debug)]
 struct Instance {
@@ -121,8 +121,13 @@ impl BasicPaxos {
         self.flush();
     }
 
-    fn on_nack(&mut self, ballot: Ballot, slot: Slot, promised: Ballot) {
+    fn on_nack(&mut self, from: NodeId, ballot: Ballot, slot: Slot, promised: Ballot) {
         let compacted = promised == Ballot::COMPACTED;
+        if compacted {
+            // The peer compacted this slot: it is chosen, and we lag behind.
+            self.core.known_chosen_through = self.core.known_chosen_through.max(slot);
+            self.core.request_catch_up(from);
+        }
         self.core.observe_ballot(promised);
         let Some(instance) = self.instances.get_mut(&slot) else { return };
         if !compacted && !instance.proposer.on_nack(ballot, promised) {
@@ -199,7 +204,7 @@ impl Replica for BasicPaxos {
                     self.on_accepted(from, ballot, slot);
                 }
             }
-            Message::Nack { ballot, slot, promised } => self.on_nack(ballot, slot, promised),
+            Message::Nack { ballot, slot, promised } => self.on_nack(from, ballot, slot, promised),
             Message::Chosen { slot, value } => self.on_chosen(slot, value),
             Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
             Message::CatchUp { first_slot, values } => {
@@ -213,6 +218,18 @@ impl Replica for BasicPaxos {
                     self.core.on_catch_up_request(from, chosen_through + 1);
                 }
                 self.core.request_catch_up(from);
+            }
+            Message::InstallSnapshot { snapshot } => {
+                let through = snapshot.through_slot;
+                if self.core.on_install_snapshot(from, snapshot) {
+                    // Instances for slots the snapshot covers are decided: retry their values.
+                    let covered: Vec<Slot> = self.instances.range(..=through).map(|(slot, _)| *slot).collect();
+                    for slot in covered {
+                        let instance = self.instances.remove(&slot).expect("listed above");
+                        self.requeue(instance.proposer.own_value());
+                    }
+                    self.flush();
+                }
             }
             Message::Forward { commands } => {
                 if let Err(error) = self.propose(commands) {
@@ -294,6 +311,14 @@ impl Replica for BasicPaxos {
 
     fn acceptor(&self) -> &Acceptor {
         &self.core.acceptor
+    }
+
+    fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError> {
+        self.core.compact(through_slot, data)
+    }
+
+    fn snapshot(&self) -> Option<&Snapshot> {
+        self.core.snapshot.as_ref()
     }
 
     fn check_invariants(&self) {

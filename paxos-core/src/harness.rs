@@ -44,6 +44,8 @@ pub struct Cluster {
     durable: Vec<DurableState>,
     /// Every slot each replica applied, in order, since it last started.
     applied: Vec<Vec<Decided>>,
+    /// Every event each replica emitted, in order, across restarts.
+    events: Vec<Vec<crate::actions::Event>>,
     /// The first value any replica ever applied for each slot, across crashes.
     first_applied: std::collections::BTreeMap<Slot, Value>,
     network: VecDeque<Envelope>,
@@ -88,6 +90,7 @@ impl Cluster {
             replicas,
             durable,
             applied: vec![Vec::new(); size],
+            events: vec![Vec::new(); size],
             first_applied: Default::default(),
             network: VecDeque::new(),
             rng,
@@ -119,6 +122,20 @@ impl Cluster {
     /// What `node` has applied since it last started.
     pub fn applied(&self, node: NodeId) -> &[Decided] {
         &self.applied[self.position(node)]
+    }
+
+    /// Every event `node` emitted, across restarts.
+    pub fn events(&self, node: NodeId) -> &[crate::actions::Event] {
+        &self.events[self.position(node)]
+    }
+
+    /// Compacts `node`'s log through `through_slot`, carrying out the write.
+    pub fn compact(&mut self, node: NodeId, through_slot: Slot, data: Vec<u8>) -> Result<(), crate::CompactError> {
+        let position = self.position(node);
+        let replica = self.replicas[position].as_mut().expect("compact on a running node");
+        let result = replica.compact(through_slot, data);
+        self.drain(node);
+        result
     }
 
     /// What storage holds for `node`.
@@ -159,6 +176,7 @@ impl Cluster {
         for outgoing in released {
             self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
         }
+        self.events[position].extend(actions.events);
         for decided in actions.decided {
             // Agreement, checked across replicas and across restarts.
             match self.first_applied.get(&decided.slot) {

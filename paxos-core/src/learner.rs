@@ -235,9 +235,58 @@ impl Learner {
         self.chosen.first()
     }
 
+    /// The log index of the first fresh command in a slot after `slot`, i.e. how
+    /// many fresh commands slots up to `slot` applied. `slot` must be applied.
+    pub fn next_index_after(&self, slot: Slot) -> u64 {
+        assert!(slot <= self.applied_through);
+        let after = self.runs.partition_point(|run| run.slot <= slot);
+        self.runs.get(after).map_or(self.next_index, |run| run.first_index)
+    }
+
+    /// Per client, the highest sequence applied so far.
+    pub fn client_sequences(&self) -> Vec<(u64, u64)> {
+        let mut sequences: Vec<(u64, u64)> =
+            self.clients.iter().map(|(client, window)| (*client, window.highest)).collect();
+        sequences.sort_unstable();
+        sequences
+    }
+
+    /// Forgets chosen values and index runs for slots up to `through`, which a
+    /// snapshot now stands for.
+    pub fn discard_through(&mut self, through: Slot) {
+        assert!(through <= self.applied_through, "only applied slots are compacted");
+        self.chosen.discard_below(through + 1);
+        let keep_from = self.runs.partition_point(|run| run.slot <= through);
+        self.runs.drain(..keep_from);
+        self.duplicates.retain(|slot, _| *slot > through);
+    }
+
+    /// Jumps to the state a snapshot describes: everything through its slot is
+    /// applied. Returns false (and changes nothing) if this learner is already there.
+    pub fn install(&mut self, snapshot: &crate::storage::Snapshot) -> bool {
+        if snapshot.through_slot <= self.applied_through {
+            return false;
+        }
+        self.applied_through = snapshot.through_slot;
+        self.next_index = snapshot.next_index;
+        self.chosen.discard_below(snapshot.through_slot + 1);
+        self.runs.clear();
+        self.duplicates.clear();
+        for (client, highest) in &snapshot.client_sequences {
+            let window = self.dedup_window;
+            let client_window = self.clients.entry(*client).or_insert_with(|| ClientWindow::new(window));
+            if *highest > client_window.highest {
+                // Everything up to `highest` counts as applied from now on.
+                client_window.bits.iter_mut().for_each(|word| *word = u64::MAX);
+                client_window.highest = *highest;
+            }
+        }
+        true
+    }
+
     /// Safety assertions.
     pub fn check_invariants(&self) {
-        for slot in self.chosen.first()..=self.applied_through {
+        for slot in self.chosen.first().max(1)..=self.applied_through {
             assert!(self.chosen(slot).is_some(), "slot {slot} applied but not chosen");
         }
     }

@@ -60,6 +60,6 @@ pub use config::{Config, ConfigError, Protocol};
 pub use message::{AcceptedEntry, Command, CommandId, Message, Outgoing, PrepareScope, Value};
 pub use multi::MultiPaxos;
 pub use node::{Node, NodeError, NodeHandle};
-pub use replica::{new_replica, ProposeError, Replica, Role, Status};
+pub use replica::{new_replica, CompactError, ProposeError, Replica, Role, Status};
 pub use storage::{DurableState, SlotState, Snapshot, Storage, StorageOp};
 pub use transport::Transport;

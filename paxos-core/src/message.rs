@@ -162,6 +162,12 @@ pub enum Message {
         /// Chosen values.
         values: Vec<Value>,
     },
+    /// The sender compacted the slots a catch-up asked for: here is its snapshot
+    /// instead. The receiver installs it and asks for the slots after it.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: crate::storage::Snapshot,
+    },
     /// A follower passes client commands on to the leader it knows.
     Forward {
         /// The commands.
@@ -182,6 +188,7 @@ impl Message {
             Message::Chosen { .. } => "chosen",
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::CatchUp { .. } => "catch-up",
+            Message::InstallSnapshot { .. } => "install-snapshot",
             Message::Forward { .. } => "forward",
         }
     }

@@ -17,9 +17,9 @@ use crate::config::{Config, ConfigError};
 use crate::learner::{AcceptTally, Learner};
 use crate::message::{AcceptedEntry, Command, Message, PrepareScope, Value};
 use crate::proposer::PromiseTally;
-use crate::replica::{Core, ProposeError, Replica, Role, Status};
+use crate::replica::{CompactError, Core, ProposeError, Replica, Role, Status};
 use crate::slots::SlotMap;
-use crate::storage::DurableState;
+use crate::storage::{DurableState, Snapshot};
 
 /// A slot this leader proposed and has not yet seen chosen.
 #[derive(Clone, Debug, Default)]
@@ -328,8 +328,12 @@ impl MultiPaxos {
         self.flush();
     }
 
-    fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
+    fn on_nack(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
         if promised == Ballot::COMPACTED {
+            // The peer compacted slots we asked about: we lag behind it.
+            self.core.known_chosen_through =
+                self.core.known_chosen_through.max(self.core.learner.applied_through() + 1);
+            self.core.request_catch_up(from);
             return;
         }
         self.core.observe_ballot(promised);
@@ -441,7 +445,7 @@ impl Replica for MultiPaxos {
                 self.on_accept(from, ballot, first_slot, values, chosen_through)
             }
             Message::Accepted { ballot, first_slot, count } => self.on_accepted(from, ballot, first_slot, count),
-            Message::Nack { ballot, promised, .. } => self.on_nack(ballot, promised),
+            Message::Nack { ballot, promised, .. } => self.on_nack(from, ballot, promised),
             Message::Commit { ballot, chosen_through } => self.on_commit(from, ballot, chosen_through),
             Message::Chosen { slot, value } => {
                 self.core.learn(slot, value);
@@ -449,6 +453,18 @@ impl Replica for MultiPaxos {
             }
             Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
             Message::CatchUp { first_slot, values } => self.core.on_catch_up(from, first_slot, values),
+            Message::InstallSnapshot { snapshot } => {
+                let through = snapshot.through_slot;
+                if self.core.on_install_snapshot(from, snapshot) {
+                    if let Some(own) = self.own_ballot() {
+                        // We were behind; let an up-to-date replica lead.
+                        self.step_down(own);
+                    }
+                    if let State::Leader(leadership) = &mut self.state {
+                        leadership.in_flight.discard_below(through + 1);
+                    }
+                }
+            }
             Message::Forward { commands } => self.on_forward(from, commands),
         }
     }
@@ -533,6 +549,19 @@ impl Replica for MultiPaxos {
 
     fn acceptor(&self) -> &Acceptor {
         &self.core.acceptor
+    }
+
+    fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError> {
+        self.core.compact(through_slot, data)?;
+        if let State::Leader(leadership) = &mut self.state {
+            leadership.votes.discard_below(through_slot + 1);
+            leadership.in_flight.discard_below(through_slot + 1);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Option<&Snapshot> {
+        self.core.snapshot.as_ref()
     }
 
     fn check_invariants(&self) {

@@ -39,6 +39,11 @@ pub struct NodeOptions {
     /// How many recently applied command ids remember their log index, so a
     /// retried `add` returns the original index.
     pub recent_ids_max: usize,
+    /// Compact the log automatically, with an empty snapshot, whenever this many
+    /// slots were applied since the last compaction. For applications whose state
+    /// lives outside the node (or that need no state transfer); others call
+    /// [`NodeHandle::compact`] with their own state. `None` keeps the whole log.
+    pub auto_compact_slots: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -50,6 +55,7 @@ impl Default for NodeOptions {
             subscriber_buffer_max: 65_536,
             inputs_per_round_max: 1024,
             recent_ids_max: 65_536,
+            auto_compact_slots: None,
         }
     }
 }
@@ -110,6 +116,7 @@ enum Request {
     Status { reply: oneshot::Sender<Status> },
     Subscribe { entries: mpsc::Sender<Entry> },
     Events { events: mpsc::Sender<Event> },
+    Compact { through_slot: Slot, data: Vec<u8>, reply: oneshot::Sender<Result<(), crate::CompactError>> },
     Shutdown,
 }
 
@@ -245,6 +252,20 @@ impl NodeHandle {
         let (events, stream) = mpsc::channel(self.options.subscriber_buffer_max);
         self.request(Request::Events { events }).await?;
         Ok(stream)
+    }
+
+    /// Replaces the log through `through_slot` (an applied slot, as given in
+    /// [`Entry::slot`]) by a snapshot holding the application's `data`, so storage
+    /// and memory stop growing. A replica that later needs those slots receives
+    /// the snapshot (as [`Event::SnapshotInstalled`]) instead.
+    pub async fn compact(
+        &self,
+        through_slot: Slot,
+        data: Vec<u8>,
+    ) -> Result<Result<(), crate::CompactError>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Compact { through_slot, data, reply }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Asks the driver to stop after finishing the round it is in.
@@ -385,6 +406,9 @@ impl<T: Transport, S: Storage> Driver<T, S> {
             }
             Request::Subscribe { entries } => self.subscribers.push(entries),
             Request::Events { events } => self.event_watchers.push(events),
+            Request::Compact { through_slot, data, reply } => {
+                let _ = reply.send(self.replica.compact(through_slot, data));
+            }
             Request::Shutdown => return true,
         }
         false
@@ -405,6 +429,14 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         }
         for decided in actions.decided {
             self.deliver(decided);
+        }
+        if let Some(every) = self.options.auto_compact_slots {
+            let applied = self.replica.learner().applied_through();
+            let held = self.replica.snapshot().map_or(0, |snapshot| snapshot.through_slot);
+            if applied >= held + every.max(1) {
+                // The compaction's write goes out with the next round of actions.
+                let _ = self.replica.compact(applied, Vec::new());
+            }
         }
         for event in actions.events {
             if let Event::LeaderChanged { leader: Some(_), .. } = &event {

@@ -8,7 +8,7 @@ use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
 use crate::message::{Command, Message, PrepareScope, Value};
 use crate::rng::Rng;
-use crate::storage::{DurableState, StorageOp};
+use crate::storage::{DurableState, Snapshot, StorageOp};
 
 /// Why a proposal was not taken. Each variant says what the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +25,25 @@ pub enum ProposeError {
     Busy {
         /// The configured limit.
         pending_max: usize,
+    },
+}
+
+/// Why a compaction was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompactError {
+    /// Only applied slots can be compacted; wait until `through` is applied.
+    #[error("slot {through} is not applied yet (applied through {applied})")]
+    NotApplied {
+        /// The slot asked for.
+        through: Slot,
+        /// The applied point.
+        applied: Slot,
+    },
+    /// The log is already compacted at or beyond `through`; nothing to do.
+    #[error("already compacted through slot {held}")]
+    AlreadyCompacted {
+        /// The existing compaction point.
+        held: Slot,
     },
 }
 
@@ -84,6 +103,12 @@ pub trait Replica: Send {
     fn learner(&self) -> &Learner;
     /// The acceptor: promises and accepted values.
     fn acceptor(&self) -> &Acceptor;
+    /// Replaces the applied prefix through `through_slot` with a snapshot holding
+    /// the application's `data`, so the log stops growing. Peers that lag behind
+    /// the compaction point are sent the snapshot instead of the slots.
+    fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError>;
+    /// The latest snapshot, if the log was compacted.
+    fn snapshot(&self) -> Option<&Snapshot>;
     /// Panics if an internal safety invariant does not hold (STYLE.md rule 7).
     fn check_invariants(&self);
 }
@@ -120,6 +145,8 @@ pub(crate) struct Core {
     pub known_chosen_through: Slot,
     /// When the last catch-up request left, if one is outstanding.
     pub catch_up_sent_at: Option<u64>,
+    /// The latest snapshot, standing for the compacted prefix.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl Core {
@@ -137,8 +164,13 @@ impl Core {
             ticks: 0,
             known_chosen_through: 0,
             catch_up_sent_at: None,
+            snapshot: durable.snapshot.clone(),
             config,
         };
+        if let Some(snapshot) = &durable.snapshot {
+            core.learner.install(snapshot);
+            core.event(Event::SnapshotInstalled(snapshot.clone()));
+        }
         for (slot, state) in &durable.slots {
             if let Some(value) = &state.chosen {
                 core.learner.learn(*slot, value.clone());
@@ -294,6 +326,14 @@ impl Core {
     }
 
     pub fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
+        if let Some(snapshot) = &self.snapshot {
+            if from_slot <= snapshot.through_slot {
+                tracing::debug!(node = self.id(), peer = from, through = snapshot.through_slot, "sending snapshot");
+                let snapshot = snapshot.clone();
+                self.actions.send(from, Message::InstallSnapshot { snapshot });
+                return;
+            }
+        }
         let values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max);
         if !values.is_empty() {
             self.actions.send(from, Message::CatchUp { first_slot: from_slot.max(1), values });
@@ -312,6 +352,46 @@ impl Core {
             self.catch_up_sent_at = None;
             self.request_catch_up(from);
         }
+    }
+
+    pub fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError> {
+        let applied = self.learner.applied_through();
+        if through_slot > applied {
+            return Err(CompactError::NotApplied { through: through_slot, applied });
+        }
+        let held = self.snapshot.as_ref().map_or(0, |snapshot| snapshot.through_slot);
+        if through_slot <= held {
+            return Err(CompactError::AlreadyCompacted { held });
+        }
+        let snapshot = Snapshot {
+            through_slot,
+            next_index: self.learner.next_index_after(through_slot),
+            client_sequences: self.learner.client_sequences(),
+            data,
+        };
+        tracing::info!(node = self.id(), through_slot, "compacting the log");
+        self.actions.persist.push_op(StorageOp::Compact(snapshot.clone()));
+        self.acceptor.discard_below(through_slot + 1);
+        self.learner.discard_through(through_slot);
+        self.snapshot = Some(snapshot);
+        Ok(())
+    }
+
+    /// Installs a peer's snapshot if it is ahead of us. Returns whether it was.
+    pub fn on_install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) -> bool {
+        if !self.learner.install(&snapshot) {
+            return false;
+        }
+        tracing::info!(node = self.id(), peer = from, through = snapshot.through_slot, "installed a peer's snapshot");
+        self.actions.persist.push_op(StorageOp::Compact(snapshot.clone()));
+        self.acceptor.discard_below(snapshot.through_slot + 1);
+        self.known_chosen_through = self.known_chosen_through.max(snapshot.through_slot);
+        self.snapshot = Some(snapshot.clone());
+        self.event(Event::SnapshotInstalled(snapshot));
+        self.apply();
+        self.catch_up_sent_at = None;
+        self.request_catch_up(from);
+        true
     }
 
     pub fn event(&mut self, event: Event) {

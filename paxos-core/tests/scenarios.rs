@@ -22,6 +22,22 @@ fn assert_same_log(cluster: &Cluster, nodes: &[NodeId]) {
     }
 }
 
+/// A client that retries under the same id until `observer` applied the command.
+fn submit(cluster: &mut Cluster, observer: NodeId, client: u64, sequence: u64) {
+    for attempt in 0..200u64 {
+        let members = cluster.members();
+        let node = cluster.leader().unwrap_or(members[(attempt as usize) % members.len()]);
+        let _ = cluster.propose(node, vec![command(client, sequence)]);
+        let applied = cluster.run_until(400, 20, |cluster| {
+            cluster.applied_commands(observer).iter().any(|c| c.id == command(client, sequence).id)
+        });
+        if applied {
+            return;
+        }
+    }
+    panic!("command ({client}, {sequence}) never applied at {observer}");
+}
+
 fn elect(cluster: &mut Cluster) -> NodeId {
     assert!(cluster.run_until(20_000, 50, |cluster| cluster.leader().is_some()), "no leader elected");
     cluster.leader().unwrap()
@@ -87,18 +103,7 @@ fn loss_and_duplication_are_tolerated_and_lost_messages_retransmitted() {
         // A client retries under the same id until its command is applied (dedup
         // makes that safe), as NodeHandle::add does.
         for sequence in 1..=30u64 {
-            let mut applied = false;
-            for attempt in 0..200u64 {
-                let node = cluster.leader().unwrap_or((sequence + attempt) % 3 + 1);
-                let _ = cluster.propose(node, vec![command(1, sequence)]);
-                applied = cluster.run_until(400, 20, |cluster| {
-                    cluster.applied_commands(node).iter().any(|c| c.id.sequence == sequence)
-                });
-                if applied {
-                    break;
-                }
-            }
-            assert!(applied, "{protocol:?}: command {sequence} never applied");
+            submit(&mut cluster, 1, 1, sequence);
         }
         let done = cluster.run_until(200_000, 20, |cluster| all_applied(cluster, &[1, 2, 3], 30));
         assert!(done, "{protocol:?}: commands not all applied under loss");
@@ -278,4 +283,43 @@ fn a_restarted_replica_recovers_its_log_from_storage() {
     assert_eq!(cluster.applied_commands(leader).len(), 10);
     assert_eq!(cluster.replica(leader).unwrap().acceptor().promised(), before, "the promise survived");
     assert!(cluster.durable(leader).round >= before.round, "the ballot round was reserved durably");
+}
+
+#[test]
+fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
+    for protocol in [Protocol::Multi, Protocol::Basic] {
+        let mut cluster = Cluster::new(3, protocol, 13);
+        cluster.crash(3);
+        for sequence in 1..=40 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        assert!(cluster.run_until(50_000, 20, |cluster| all_applied(cluster, &[1, 2], 40)), "{protocol:?}");
+        for node in [1, 2] {
+            let through = cluster.replica(node).unwrap().learner().applied_through();
+            cluster.compact(node, through, b"state".to_vec()).unwrap();
+            assert_eq!(
+                cluster.compact(node, through, Vec::new()),
+                Err(paxos_core::CompactError::AlreadyCompacted { held: through })
+            );
+            assert!(cluster.durable(node).slots.keys().all(|slot| *slot > through), "storage dropped the prefix");
+        }
+        cluster.restart(3);
+        for sequence in 41..=45 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        let caught_up = cluster.run_until(100_000, 20, |cluster| {
+            cluster.replica(3).unwrap().status().next_index >= 45 && all_applied(cluster, &[1, 2], 45)
+        });
+        assert!(caught_up, "{protocol:?}: node 3 caught up through the snapshot");
+        let installed = cluster
+            .events(3)
+            .iter()
+            .any(|event| matches!(event, paxos_core::Event::SnapshotInstalled(snapshot) if snapshot.data == b"state"));
+        assert!(installed, "{protocol:?}: node 3 received the snapshot");
+        // After the snapshot, node 3 applies exactly the commands the others applied after it.
+        let tail_3: Vec<u64> = cluster.applied_commands(3).iter().map(|c| c.id.sequence).collect();
+        let tail_1: Vec<u64> = cluster.applied_commands(1).iter().map(|c| c.id.sequence).filter(|s| *s > 40).collect();
+        assert_eq!(tail_3, tail_1, "{protocol:?}");
+        assert_eq!(cluster.replica(3).unwrap().status().next_index, cluster.replica(1).unwrap().status().next_index);
+    }
 }
