@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::actions::Decided;
 use crate::ballot::{Ballot, Slot};
-use crate::message::{Command, CommandId, Value};
+use crate::message::{Command, Value};
 use crate::slots::SlotMap;
 
 /// Phase 2b votes per slot, for the ballot being counted.
@@ -64,18 +64,25 @@ struct ClientWindow {
 }
 
 impl ClientWindow {
+    /// A window remembering at least `window` sequences, rounded up to a power of
+    /// two of at least 64 so positions are masks, not divisions.
     fn new(window: u64) -> ClientWindow {
-        ClientWindow { highest: 0, bits: vec![0; window.div_ceil(64) as usize] }
+        let bits = window.max(64).next_power_of_two();
+        ClientWindow { highest: 0, bits: vec![0; (bits / 64) as usize] }
+    }
+
+    fn window(&self) -> u64 {
+        self.bits.len() as u64 * 64
     }
 
     fn bit(&self, sequence: u64) -> (usize, u64) {
-        let position = sequence % (self.bits.len() as u64 * 64);
-        ((position / 64) as usize, 1u64 << (position % 64))
+        let position = sequence & (self.window() - 1);
+        ((position >> 6) as usize, 1u64 << (position & 63))
     }
 
     /// Marks `sequence` applied; false if it already was, or is too old to tell.
     fn first_application(&mut self, sequence: u64) -> bool {
-        let window = self.bits.len() as u64 * 64;
+        let window = self.window();
         if sequence > self.highest {
             if sequence - self.highest >= window {
                 self.bits.iter_mut().for_each(|word| *word = 0);
@@ -181,10 +188,22 @@ impl Learner {
             let Some(Some(value)) = self.chosen.get(slot) else { break };
             let value = value.clone();
             let mut duplicates = Vec::new();
-            for (position, command) in value.commands().iter().enumerate() {
-                if !self.first_application(command.id) {
-                    duplicates.push(position as u32);
+            let commands = value.commands();
+            let mut start = 0;
+            // One map lookup per run of commands from the same client: batches
+            // usually hold long runs, and this loop is on every replica's hot path.
+            while start < commands.len() {
+                let client = commands[start].id.client;
+                let window = self.dedup_window;
+                let client_window = self.clients.entry(client).or_insert_with(|| ClientWindow::new(window));
+                let mut position = start;
+                while position < commands.len() && commands[position].id.client == client {
+                    if !client_window.first_application(commands[position].id.sequence) {
+                        duplicates.push(position as u32);
+                    }
+                    position += 1;
                 }
+                start = position;
             }
             let first_index = self.next_index;
             let fresh = (value.commands().len() - duplicates.len()) as u64;
@@ -198,11 +217,6 @@ impl Learner {
             self.applied_through = slot;
             decided.push(Decided { slot, value, first_index, duplicates });
         }
-    }
-
-    fn first_application(&mut self, id: CommandId) -> bool {
-        let window = self.dedup_window;
-        self.clients.entry(id.client).or_insert_with(|| ClientWindow::new(window)).first_application(id.sequence)
     }
 
     /// The fresh command at log `index`, if applied and not discarded.

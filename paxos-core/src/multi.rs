@@ -251,14 +251,6 @@ impl MultiPaxos {
             values.push(Value::Commands(Arc::from(batch)));
         }
         self.propose_values(values);
-        let State::Leader(leadership) = &mut self.state else { return };
-        let chosen_through = self.core.learner.applied_through();
-        if chosen_through > leadership.commit_sent {
-            leadership.commit_sent = chosen_through;
-            leadership.heartbeat_at = self.core.ticks;
-            let ballot = leadership.ballot;
-            self.core.broadcast_to_peers(&Message::Commit { ballot, chosen_through });
-        }
     }
 
     fn on_accept(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, values: Vec<Value>, chosen_through: Slot) {
@@ -361,7 +353,9 @@ impl MultiPaxos {
         let chosen_through = self.core.learner.applied_through();
         let members = self.core.config.members.clone();
         let State::Leader(leadership) = &mut self.state else { return };
-        if ticks >= leadership.heartbeat_at + heartbeat_ticks {
+        // The commit point rides on accepts; when none carried the latest one, a
+        // commit goes out on the next tick (or with the heartbeat), not one per slot.
+        if ticks >= leadership.heartbeat_at + heartbeat_ticks || chosen_through > leadership.commit_sent {
             leadership.heartbeat_at = ticks;
             leadership.commit_sent = chosen_through;
             let message = Message::Commit { ballot: leadership.ballot, chosen_through };

@@ -67,6 +67,17 @@ async fn add(handles: &[NodeHandle], via: usize, command: Command) -> u64 {
     panic!("command never chosen")
 }
 
+/// Polls until `handle` has applied `count` commands; false after about 10 s.
+async fn applied_at_least(handle: &NodeHandle, count: u64) -> bool {
+    for _ in 0..5000 {
+        if handle.status().await.unwrap().next_index >= count {
+            return true;
+        }
+        futures_timer::Delay::new(Duration::from_millis(2)).await;
+    }
+    false
+}
+
 async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
     let network = MemoryNetwork::new();
     let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
@@ -121,15 +132,10 @@ async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
     network.heal();
     let restarted = start_node(protocol, 1, &network, storages[0].clone(), spawn).await;
     let handles = vec![restarted, handles[1].clone(), handles[2].clone()];
-    let target = handles[1].status().await.unwrap().next_index;
-    assert!(target >= 25);
-    for _ in 0..5000 {
-        if handles[0].status().await.unwrap().next_index >= target {
-            break;
-        }
-        futures_timer::Delay::new(Duration::from_millis(2)).await;
+    for handle in &handles {
+        assert!(applied_at_least(handle, 25).await, "node {} caught up", handle.node_id());
     }
-    assert!(handles[0].status().await.unwrap().next_index >= target, "restarted node caught up");
+    let target = handles[1].status().await.unwrap().next_index;
     for index in 0..target {
         assert_eq!(handles[0].get(index).await.unwrap(), handles[1].get(index).await.unwrap());
     }
