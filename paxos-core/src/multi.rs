@@ -57,6 +57,8 @@ pub struct MultiPaxos {
     leader_ballot: Ballot,
     ticks_since_heard: u64,
     election_timeout: u64,
+    /// Elections this replica skipped to catch up first, since it last heard a leader.
+    elections_deferred: u32,
     queue: VecDeque<Command>,
 }
 
@@ -71,6 +73,7 @@ impl MultiPaxos {
             leader_ballot: Ballot::ZERO,
             ticks_since_heard: 0,
             election_timeout: 0,
+            elections_deferred: 0,
             queue: VecDeque::new(),
         };
         replica.reset_election_timer();
@@ -132,6 +135,7 @@ impl MultiPaxos {
             }
         }
         self.ticks_since_heard = 0;
+        self.elections_deferred = 0;
         self.set_leader(Some(ballot.node), ballot);
     }
 
@@ -346,6 +350,16 @@ impl MultiPaxos {
         }
     }
 
+    fn random_peer(&mut self) -> Option<NodeId> {
+        let peers: Vec<NodeId> =
+            self.core.config.members.iter().copied().filter(|member| *member != self.core.id()).collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let pick = self.core.rng.range_inclusive(0, peers.len() as u64 - 1) as usize;
+        Some(peers[pick])
+    }
+
     fn leader_tick(&mut self) {
         let ticks = self.core.ticks;
         let retransmit_ticks = self.core.config.retransmit_ticks;
@@ -484,14 +498,19 @@ impl Replica for MultiPaxos {
                 if self.ticks_since_heard >= self.election_timeout {
                     let lagging = self.core.known_chosen_through
                         > self.core.learner.applied_through() + self.core.config.catch_up_slots_max as u64;
-                    match (lagging, self.leader) {
-                        // A replica that knows it lags far behind catches up before it stands,
-                        // so a fresh leader need not re-propose a long tail.
-                        (true, Some(leader)) => {
-                            self.reset_election_timer();
-                            self.core.request_catch_up(leader);
+                    if lagging && self.elections_deferred == 0 {
+                        // A replica that knows it lags far behind first spends one election
+                        // timeout catching up from a peer, so that an up-to-date replica
+                        // likely wins and a new leader need not re-propose a long tail. It
+                        // defers only once: the peers may all be gone.
+                        self.elections_deferred += 1;
+                        self.reset_election_timer();
+                        if let Some(peer) = self.random_peer() {
+                            self.core.catch_up_sent_at = None;
+                            self.core.request_catch_up(peer);
                         }
-                        _ => self.start_election(),
+                    } else {
+                        self.start_election();
                     }
                 }
             }

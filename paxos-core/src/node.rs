@@ -311,7 +311,15 @@ impl<T: Transport, S: Storage> Driver<T, S> {
             let mut inputs = 0;
             // Wait for one input, then take whatever else is ready, up to a bound,
             // so one write and one round of sends cover many inputs.
+            // The ticker comes first: under constant load, ticks (heartbeats,
+            // retransmission, elections) must not starve behind messages.
             futures::select_biased! {
+                _ = ticker => {
+                    self.replica.tick();
+                    self.ticks += 1;
+                    self.resubmit(false);
+                    ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
+                }
                 received = receive => {
                     self.on_received(received)?;
                     receive = transport.recv().fuse();
@@ -321,12 +329,6 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                     Some(request) => stop |= self.on_request(request),
                     None => stop = true,
                 },
-                _ = ticker => {
-                    self.replica.tick();
-                    self.ticks += 1;
-                    self.resubmit(false);
-                    ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
-                }
             }
             while !stop && inputs < self.options.inputs_per_round_max {
                 if let Some(received) = (&mut receive).now_or_never() {
