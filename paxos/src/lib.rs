@@ -1,0 +1,35 @@
+//! Paxos consensus for Rust services, in one dependency.
+//!
+//! This crate re-exports [`paxos_core`] (the protocol, the [`Storage`] and
+//! [`Transport`] traits, the [`Node`] driver) and every backend enabled by a
+//! feature, under paths that stay the same whichever backend you pick:
+//!
+//! | feature | brings in |
+//! |---|---|
+//! | `memory` (default) | [`storage::MemoryStorage`] |
+//!
+//! The in-memory transport, [`memory::MemoryNetwork`], is always available.
+//!
+//! ```
+//! use paxos::{memory::MemoryNetwork, storage::MemoryStorage, Command, Config, Node, Protocol};
+//!
+//! # futures::executor::block_on(async {
+//! let network = MemoryNetwork::new();
+//! let (handle, driver) = Node::start(Config::new(1, [1], Protocol::Multi), network.join(1), MemoryStorage::new())
+//!     .await
+//!     .unwrap();
+//! std::thread::spawn(move || futures::executor::block_on(driver));
+//! let index = handle.add(Command::new(1, 1, b"x".to_vec())).await.unwrap();
+//! assert_eq!(index, 0);
+//! handle.shutdown();
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+pub use paxos_core::*;
+
+/// Storage backends, by feature.
+pub mod storage {
+    #[cfg(feature = "memory")]
+    pub use paxos_storage::{MemoryError, MemoryStorage};
+}
