@@ -39,6 +39,7 @@ pub mod ballot;
 mod basic;
 pub mod config;
 pub mod conformance;
+pub mod handshake;
 pub mod harness;
 pub mod learner;
 pub mod memory;
