@@ -47,6 +47,8 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// Without a runtime feature only the pure parts (`frame`, config) are usable, as the fuzz target does.
+#![cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
 
 mod config;
 mod connection;
