@@ -23,6 +23,7 @@ use crate::storage::{DurableState, Snapshot};
 struct Instance {
     proposer: Proposer,
     sent_at: u64,
+    retransmissions: u32,
 }
 
 /// A Basic Paxos replica: acceptor, learner, and a proposer per slot it contends for.
@@ -32,6 +33,8 @@ pub struct BasicPaxos {
     instances: BTreeMap<Slot, Instance>,
     queue: VecDeque<Command>,
     backoff_until: u64,
+    /// Preemptions in a row without getting a value of ours chosen.
+    preemptions: u32,
     /// When this replica first saw a hole below a chosen slot, if it still does.
     hole_seen_at: Option<u64>,
 }
@@ -44,6 +47,7 @@ impl BasicPaxos {
             instances: BTreeMap::new(),
             queue: VecDeque::new(),
             backoff_until: 0,
+            preemptions: 0,
             hole_seen_at: None,
         })
     }
@@ -62,7 +66,7 @@ impl BasicPaxos {
         let ballot = self.core.next_ballot(above);
         let (proposer, prepare) = Proposer::start(slot, ballot, value, self.core.quorum);
         tracing::trace!(node = self.core.id(), slot, %ballot, "basic instance started");
-        self.instances.insert(slot, Instance { proposer, sent_at: self.core.ticks });
+        self.instances.insert(slot, Instance { proposer, sent_at: self.core.ticks, retransmissions: 0 });
         // The ballot's round was just reserved: the prepare waits for that write.
         self.core.broadcast_after_persist(&prepare);
     }
@@ -102,6 +106,7 @@ impl BasicPaxos {
         let Some(instance) = self.instances.get_mut(&slot) else { return };
         if let Some(accept) = instance.proposer.on_promise(voter, ballot, accepted) {
             instance.sent_at = self.core.ticks;
+            instance.retransmissions = 0;
             self.core.broadcast(&accept);
         }
     }
@@ -111,7 +116,9 @@ impl BasicPaxos {
         let Some(instance) = self.instances.get_mut(&slot) else { return };
         let Some(outcome) = instance.proposer.on_accepted(voter, ballot) else { return };
         let instance = self.instances.remove(&slot).expect("present above");
-        if !outcome.own {
+        if outcome.own {
+            self.preemptions = 0;
+        } else {
             // Our slot went to an earlier proposal (value adoption); ours waits for another.
             self.requeue(instance.proposer.own_value());
         }
@@ -138,10 +145,18 @@ impl BasicPaxos {
         }
         let instance = self.instances.remove(&slot).expect("present above");
         self.requeue(instance.proposer.own_value());
-        // Seeds 000 and 002: randomized backoff keeps duelling proposers from livelocking.
-        let backoff = self.core.rng.range_inclusive(1, self.core.config.backoff_ticks_max.max(1));
-        self.backoff_until = self.core.ticks + backoff;
-        tracing::debug!(node = self.core.id(), slot, %promised, backoff, "preempted; backing off");
+        self.back_off();
+    }
+
+    /// Seeds 000 and 002: a randomized backoff keeps duelling proposers from
+    /// livelocking. Its range doubles with each preemption in a row (up to 32
+    /// times `backoff_ticks_max`), so even many proposers soon spread apart.
+    fn back_off(&mut self) {
+        self.preemptions = self.preemptions.saturating_add(1);
+        let range = self.core.config.backoff_ticks_max.max(1) << self.preemptions.min(5);
+        let backoff = self.core.rng.range_inclusive(1, range);
+        self.backoff_until = self.backoff_until.max(self.core.ticks + backoff);
+        tracing::debug!(node = self.core.id(), preemptions = self.preemptions, backoff, "preempted; backing off");
     }
 
     fn on_chosen(&mut self, slot: Slot, value: Value) {
@@ -242,11 +257,11 @@ impl Replica for BasicPaxos {
     fn tick(&mut self) {
         self.core.ticks += 1;
         let ticks = self.core.ticks;
-        let retransmit_ticks = self.core.config.retransmit_ticks;
         let mut resend = Vec::new();
         for instance in self.instances.values_mut() {
-            if instance.sent_at + retransmit_ticks <= ticks {
+            if instance.sent_at + self.core.retransmit_after(instance.retransmissions) <= ticks {
                 instance.sent_at = ticks;
+                instance.retransmissions += 1;
                 resend.extend(instance.proposer.retransmission());
             }
         }
@@ -271,15 +286,16 @@ impl Replica for BasicPaxos {
             if let Some(peer) = self.any_peer() {
                 self.core.request_catch_up(peer);
             }
-            let seen_at = *self.hole_seen_at.get_or_insert(ticks);
+            // Each replica waits its own random delay, so they do not all fill
+            // the same hole at the same moment and duel over it.
+            let timeout = self.core.config.election_timeout_ticks;
+            let jitter = self.core.rng.range_inclusive(0, timeout);
+            let due_at = *self.hole_seen_at.get_or_insert(ticks + jitter);
             let hole = applied + 1;
-            if ticks >= seen_at + self.core.config.election_timeout_ticks
-                && !self.instances.contains_key(&hole)
-                && ticks >= self.backoff_until
-            {
+            if ticks >= due_at + timeout && !self.instances.contains_key(&hole) && ticks >= self.backoff_until {
                 tracing::debug!(node = self.core.id(), slot = hole, "filling a hole with a no-op");
                 self.start_instance(hole, Value::Noop);
-                self.hole_seen_at = Some(ticks);
+                self.hole_seen_at = Some(ticks + jitter);
             }
         } else {
             self.hole_seen_at = None;

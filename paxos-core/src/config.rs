@@ -31,7 +31,8 @@ pub struct Config {
     pub election_timeout_ticks: u64,
     /// Ticks between leader heartbeats. Must be below `election_timeout_ticks`.
     pub heartbeat_ticks: u64,
-    /// Ticks before an unanswered prepare, accept or catch-up request is resent.
+    /// Ticks before an unanswered prepare, accept or catch-up request is resent;
+    /// each further resend of the same message waits twice as long, up to 16 times this.
     pub retransmit_ticks: u64,
     /// Most slots a proposer may have proposed but not yet seen chosen (pipelining depth).
     pub slots_in_flight_max: u64,

@@ -72,7 +72,9 @@ where
     let compact = StorageOp::Compact(crate::storage::Snapshot {
         through_slot: 1,
         next_index: 1,
-        client_sequences: vec![(1, 1)],
+        clients: vec![crate::storage::ClientDedup { client: 1, highest: 1, applied: vec![2; 64] }],
+        dedup_through: 2,
+        duplicates: vec![(2, vec![0])],
         data: b"application state".to_vec(),
     });
     storage.append(std::slice::from_ref(&compact)).await.expect("append compaction");

@@ -10,6 +10,7 @@ use crate::actions::Decided;
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Command, Value};
 use crate::slots::SlotMap;
+use crate::storage::ClientDedup;
 
 /// Phase 2b votes per slot, for the ballot being counted.
 #[derive(Clone, Debug)]
@@ -127,6 +128,10 @@ pub struct Learner {
     clients: HashMap<u64, ClientWindow>,
     runs: VecDeque<AppliedRun>,
     duplicates: HashMap<Slot, Vec<u32>>,
+    /// Slots up to this one take their duplicate positions from `preset`, not
+    /// from the client windows (which already include them): see [`Learner::install`].
+    preset_through: Slot,
+    preset: HashMap<Slot, Vec<u32>>,
 }
 
 impl Learner {
@@ -141,6 +146,8 @@ impl Learner {
             clients: HashMap::new(),
             runs: VecDeque::new(),
             duplicates: HashMap::new(),
+            preset_through: 0,
+            preset: HashMap::new(),
         }
     }
 
@@ -190,6 +197,11 @@ impl Learner {
             let mut duplicates = Vec::new();
             let commands = value.commands();
             let mut start = 0;
+            if slot <= self.preset_through {
+                // Decided by the replica whose snapshot we installed.
+                duplicates = self.preset.remove(&slot).unwrap_or_default();
+                start = commands.len();
+            }
             // One map lookup per run of commands from the same client: batches
             // usually hold long runs, and this loop is on every replica's hot path.
             while start < commands.len() {
@@ -257,12 +269,32 @@ impl Learner {
         self.runs.get(after).map_or(self.next_index, |run| run.first_index)
     }
 
-    /// Per client, the highest sequence applied so far.
-    pub fn client_sequences(&self) -> Vec<(u64, u64)> {
-        let mut sequences: Vec<(u64, u64)> =
-            self.clients.iter().map(|(client, window)| (*client, window.highest)).collect();
-        sequences.sort_unstable();
-        sequences
+    /// Every client's deduplication window as of the applied point, for a snapshot.
+    pub fn client_windows(&self) -> Vec<ClientDedup> {
+        let mut clients: Vec<ClientDedup> = self
+            .clients
+            .iter()
+            .map(|(client, window)| ClientDedup {
+                client: *client,
+                highest: window.highest,
+                applied: window.bits.clone(),
+            })
+            .collect();
+        clients.sort_unstable_by_key(|dedup| dedup.client);
+        clients
+    }
+
+    /// The duplicate positions of applied slots after `slot`, for a snapshot
+    /// through `slot` whose client windows were taken at the applied point.
+    pub fn duplicates_after(&self, slot: Slot) -> Vec<(Slot, Vec<u32>)> {
+        let mut duplicates: Vec<(Slot, Vec<u32>)> = self
+            .duplicates
+            .iter()
+            .filter(|(duplicate_slot, _)| **duplicate_slot > slot)
+            .map(|(duplicate_slot, positions)| (*duplicate_slot, positions.clone()))
+            .collect();
+        duplicates.sort_unstable();
+        duplicates
     }
 
     /// Forgets chosen values and index runs for slots up to `through`, which a
@@ -286,14 +318,17 @@ impl Learner {
         self.chosen.discard_below(snapshot.through_slot + 1);
         self.runs.clear();
         self.duplicates.clear();
-        for (client, highest) in &snapshot.client_sequences {
-            let window = self.dedup_window;
-            let client_window = self.clients.entry(*client).or_insert_with(|| ClientWindow::new(window));
-            if *highest > client_window.highest {
-                // Everything up to `highest` counts as applied from now on.
-                client_window.bits.iter_mut().for_each(|word| *word = u64::MAX);
-                client_window.highest = *highest;
-            }
+        // Take the snapshot's windows exactly: deduplication decides log indexes,
+        // so it must continue identically on every replica. The windows were taken
+        // at `dedup_through`, which may lie past `through_slot`; the slots in
+        // between reuse the duplicate decisions the snapshot records for them.
+        self.preset_through = snapshot.dedup_through;
+        self.preset = snapshot.duplicates.iter().cloned().collect();
+        self.clients.clear();
+        for dedup in &snapshot.clients {
+            let valid = dedup.applied.len().is_power_of_two();
+            let bits = if valid { dedup.applied.clone() } else { ClientWindow::new(self.dedup_window).bits };
+            self.clients.insert(dedup.client, ClientWindow { highest: dedup.highest, bits });
         }
         true
     }

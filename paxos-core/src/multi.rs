@@ -26,6 +26,7 @@ use crate::storage::{DurableState, Snapshot};
 struct InFlight {
     value: Option<Value>,
     sent_at: u64,
+    retransmissions: u32,
 }
 
 #[derive(Debug)]
@@ -362,7 +363,6 @@ impl MultiPaxos {
 
     fn leader_tick(&mut self) {
         let ticks = self.core.ticks;
-        let retransmit_ticks = self.core.config.retransmit_ticks;
         let heartbeat_ticks = self.core.config.heartbeat_ticks;
         let chosen_through = self.core.learner.applied_through();
         let members = self.core.config.members.clone();
@@ -381,11 +381,12 @@ impl MultiPaxos {
         let mut resend: Vec<(NodeId, Slot, Vec<Value>)> = Vec::new();
         for slot in chosen_through + 1..leadership.next_slot {
             let Some(entry) = leadership.in_flight.get_mut(slot) else { continue };
-            if entry.sent_at + retransmit_ticks > ticks {
+            if entry.sent_at + self.core.retransmit_after(entry.retransmissions) > ticks {
                 continue;
             }
             let Some(value) = entry.value.clone() else { continue };
             entry.sent_at = ticks;
+            entry.retransmissions += 1;
             let voters = leadership.votes.voters(slot, ballot);
             for (position, member) in members.iter().enumerate() {
                 if voters & (1 << position) != 0 {

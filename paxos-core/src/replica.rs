@@ -88,7 +88,7 @@ pub struct Status {
 ///
 /// Feed it proposals, messages and ticks; after each call (or several), take the
 /// [`Actions`] and carry them out. Nothing here does IO, reads a clock, or spawns.
-pub trait Replica: Send {
+pub trait Replica: Send + std::fmt::Debug {
     /// Offers client commands for the log.
     fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError>;
     /// Handles a message from member `from`. Messages from strangers are ignored.
@@ -159,7 +159,7 @@ impl Core {
             learner: Learner::new(config.dedup_window),
             round_reserved: durable.round,
             highest_round_seen: durable.round.max(durable.promised.round),
-            own_round_used: 0,
+            own_round_used: durable.round,
             actions: Actions::default(),
             ticks: 0,
             known_chosen_through: 0,
@@ -200,7 +200,7 @@ impl Core {
     /// is reserved by a `Round` op, so messages carrying it must go out through
     /// `persist` (after the reservation is durable).
     pub fn next_ballot(&mut self, above: Ballot) -> Ballot {
-        let round = self.highest_round_seen.max(self.round_reserved).max(above.round) + 1;
+        let round = self.highest_round_seen.max(self.own_round_used).max(above.round) + 1;
         let ballot = Ballot::new(round, self.id());
         assert!(ballot > above);
         if round > self.round_reserved {
@@ -366,7 +366,9 @@ impl Core {
         let snapshot = Snapshot {
             through_slot,
             next_index: self.learner.next_index_after(through_slot),
-            client_sequences: self.learner.client_sequences(),
+            clients: self.learner.client_windows(),
+            dedup_through: applied,
+            duplicates: self.learner.duplicates_after(through_slot),
             data,
         };
         tracing::info!(node = self.id(), through_slot, "compacting the log");
@@ -392,6 +394,13 @@ impl Core {
         self.catch_up_sent_at = None;
         self.request_catch_up(from);
         true
+    }
+
+    /// Ticks to wait before the next retransmission of something already resent
+    /// `retransmissions` times: doubling, capped at 16 times `retransmit_ticks`,
+    /// so an overloaded network is not flooded with copies.
+    pub fn retransmit_after(&self, retransmissions: u32) -> u64 {
+        self.config.retransmit_ticks << retransmissions.min(4)
     }
 
     pub fn event(&mut self, event: Event) {

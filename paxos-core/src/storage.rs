@@ -60,10 +60,28 @@ pub struct Snapshot {
     pub through_slot: Slot,
     /// The log index the first command after the snapshot gets.
     pub next_index: u64,
-    /// Per client, the highest command sequence applied; older ones count as applied.
-    pub client_sequences: Vec<(u64, u64)>,
+    /// Per client, which recent command sequences were applied, exactly as the
+    /// replica that took the snapshot knew it at slot `dedup_through`, so every
+    /// replica goes on deduplicating (and numbering) commands identically.
+    pub clients: Vec<ClientDedup>,
+    /// The slot the client windows were taken at (at least `through_slot`).
+    pub dedup_through: Slot,
+    /// For slots after `through_slot` up to `dedup_through`, the positions of
+    /// commands that were duplicates there (slots without any are omitted).
+    pub duplicates: Vec<(Slot, Vec<u32>)>,
     /// Opaque application state, produced by the application.
     pub data: Vec<u8>,
+}
+
+/// One client's deduplication window in a [`Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDedup {
+    /// The client id.
+    pub client: u64,
+    /// The highest sequence applied.
+    pub highest: u64,
+    /// A ring of bits, one per recent sequence (`sequence % (64 * len)`), set if applied.
+    pub applied: Vec<u64>,
 }
 
 /// Per-slot durable state.
