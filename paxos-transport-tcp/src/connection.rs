@@ -256,26 +256,30 @@ async fn pump(
             Either::Right((Ok(Some(_)), _)) => return ConnectionError::UnexpectedData,
             Either::Right((Err(error), _)) => return error.into(),
         }
-        // Coalesce: encode every queued message (up to the batch limit) into one buffer, then one write.
-        batch.clear();
-        queue.drain_while(|message| {
-            let encoded = push_frame_with(&mut batch, config.frame_bytes_max, |out| {
-                wire::encode_into(config.node_id, &message, out)
-            });
-            if encoded.is_none() {
-                shared.counters.messages_oversized.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    node = config.node_id,
-                    "dropped a message larger than frame_bytes_max ({})", config.frame_bytes_max
-                );
+        // Coalesce: encode every queued message into one buffer and write it at
+        // once, splitting only where the buffer passes `write_batch_bytes_max`.
+        let mut messages = queue.take_all();
+        while !messages.is_empty() {
+            batch.clear();
+            while batch.len() < config.write_batch_bytes_max {
+                let Some(message) = messages.pop_front() else { break };
+                let encoded = push_frame_with(&mut batch, config.frame_bytes_max, |out| {
+                    wire::encode_into(config.node_id, &message, out)
+                });
+                if encoded.is_none() {
+                    shared.counters.messages_oversized.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        node = config.node_id,
+                        "dropped a message larger than frame_bytes_max ({})", config.frame_bytes_max
+                    );
+                }
             }
-            batch.len() < config.write_batch_bytes_max
-        });
-        if batch.is_empty() {
-            continue;
-        }
-        if let Err(error) = writer.write_all(&batch).await {
-            return error.into();
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(error) = writer.write_all(&batch).await {
+                return error.into();
+            }
         }
         if let Err(error) = writer.flush().await {
             return error.into();

@@ -60,15 +60,10 @@ impl PeerQueue {
         .await
     }
 
-    /// Hands queued messages to `take`, oldest first, until the queue is empty or
-    /// `take` returns false (the message it was given is taken either way).
-    pub(crate) fn drain_while(&self, mut take: impl FnMut(Message) -> bool) {
-        let mut messages = self.lock();
-        while let Some(message) = messages.pop_front() {
-            if !take(message) {
-                break;
-            }
-        }
+    /// Takes every queued message, oldest first. The lock is held only for the swap,
+    /// so encoding happens outside it and `push` never waits on it.
+    pub(crate) fn take_all(&self) -> VecDeque<Message> {
+        std::mem::take(&mut *self.lock())
     }
 
     /// Messages dropped because the queue was full, since the start.
@@ -98,11 +93,7 @@ mod tests {
             queue.push(probe(slot));
         }
         assert_eq!(queue.dropped(), 2);
-        let mut taken = Vec::new();
-        queue.drain_while(|message| {
-            taken.push(message);
-            true
-        });
+        let taken: Vec<Message> = queue.take_all().into();
         assert_eq!(taken, vec![probe(2), probe(3), probe(4)]);
         assert_eq!(queue.len(), 0);
     }
@@ -113,19 +104,5 @@ mod tests {
         assert!(queue.ready().now_or_never().is_none());
         queue.push(probe(1));
         assert!(queue.ready().now_or_never().is_some());
-    }
-
-    #[test]
-    fn drain_can_stop_early() {
-        let queue = PeerQueue::new(8);
-        for slot in 0..4 {
-            queue.push(probe(slot));
-        }
-        let mut count = 0;
-        queue.drain_while(|_| {
-            count += 1;
-            count < 2
-        });
-        assert_eq!(queue.len(), 2);
     }
 }
