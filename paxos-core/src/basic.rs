@@ -266,7 +266,8 @@ impl Replica for BasicPaxos {
             }
         }
         for message in resend {
-            self.core.broadcast(&message);
+            // Its ballot's round may still be waiting for its write.
+            self.core.broadcast_after_persist(&message);
         }
         // Every election timeout, tell one random peer how far this replica has
         // applied. A replica that restarted or missed `Chosen` messages learns
@@ -344,5 +345,79 @@ impl Replica for BasicPaxos {
             assert_eq!(*slot, instance.proposer.slot());
             assert_eq!(instance.proposer.ballot().node, self.core.id());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AcceptedEntry, Outgoing};
+    use crate::storage::StorageOp;
+
+    fn replica(id: NodeId) -> BasicPaxos {
+        BasicPaxos::new(Config::new(id, [1, 2, 3], crate::config::Protocol::Basic), &DurableState::default()).unwrap()
+    }
+
+    #[test]
+    fn a_proposal_runs_phase_1_for_one_slot_after_reserving_the_round() {
+        let mut proposer = replica(1);
+        proposer.propose(vec![Command::new(1, 1, b"x".to_vec())]).unwrap();
+        let actions = proposer.take_actions();
+        assert!(actions.send.is_empty());
+        assert!(actions.persist.ops().iter().any(|op| matches!(op, StorageOp::Round(_))));
+        let released = actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(released.len(), 3);
+        assert!(released.iter().all(|o| matches!(o.message, Message::Prepare { scope: PrepareScope::Slot(1), .. })));
+    }
+
+    #[test]
+    fn the_proposer_adopts_a_reported_value_and_retries_its_own_elsewhere() {
+        let mut proposer = replica(1);
+        proposer.propose(vec![Command::new(1, 1, b"mine".to_vec())]).unwrap();
+        let released = proposer.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        let Message::Prepare { ballot, scope } = released[0].message.clone() else { panic!("a prepare") };
+        let theirs = Value::Commands(Arc::from(vec![Command::new(2, 1, b"theirs".to_vec())]));
+        let reported = vec![AcceptedEntry { slot: 1, ballot: Ballot::new(0, 2), value: theirs.clone() }];
+        proposer.on_message(2, Message::Promise { ballot, scope, accepted: reported, chosen_through: 0 });
+        proposer.on_message(3, Message::Promise { ballot, scope, accepted: vec![], chosen_through: 0 });
+        let actions = proposer.take_actions();
+        let accept = actions.send.iter().find(|o| o.to == 2).map(|o| o.message.clone());
+        assert_eq!(
+            accept,
+            Some(Message::Accept { ballot, first_slot: 1, values: vec![theirs.clone()], chosen_through: 0 })
+        );
+        proposer.on_message(2, Message::Accepted { ballot, first_slot: 1, count: 1 });
+        proposer.on_message(3, Message::Accepted { ballot, first_slot: 1, count: 1 });
+        let actions = proposer.take_actions();
+        assert_eq!(actions.decided[0].value, theirs);
+        assert!(actions.send.iter().any(|o| o.message == Message::Chosen { slot: 1, value: theirs.clone() }));
+        // Our own command goes back in the queue and gets a new instance in slot 2.
+        let released = actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        assert!(released.iter().any(|o| matches!(o.message, Message::Prepare { scope: PrepareScope::Slot(2), .. })));
+    }
+
+    #[test]
+    fn a_preempted_proposer_backs_off_before_retrying() {
+        let mut proposer = replica(1);
+        proposer.propose(vec![Command::new(1, 1, b"x".to_vec())]).unwrap();
+        let released = proposer.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        let Message::Prepare { ballot, .. } = released[0].message.clone() else { panic!("a prepare") };
+        proposer.on_message(2, Message::Nack { ballot, slot: 1, promised: Ballot::new(50, 2) });
+        let actions = proposer.take_actions();
+        assert!(actions.send.is_empty() && actions.persist.waiting_messages() == 0, "no retry during the backoff");
+        assert_eq!(proposer.status().queued_commands, 1);
+        let mut retried: Vec<Outgoing> = Vec::new();
+        for _ in 0..64 * proposer.core.config.backoff_ticks_max {
+            proposer.tick();
+            let actions = proposer.take_actions();
+            retried.extend(actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap());
+            if !retried.is_empty() {
+                break;
+            }
+        }
+        let Some(Message::Prepare { ballot: retry, .. }) = retried.first().map(|o| o.message.clone()) else {
+            panic!("the proposer retried")
+        };
+        assert!(retry > Ballot::new(50, 2), "the retry is above the promise it was told");
     }
 }

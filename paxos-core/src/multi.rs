@@ -491,7 +491,8 @@ impl Replica for MultiPaxos {
                     if let State::Candidate { sent_at, .. } = &mut self.state {
                         *sent_at = self.core.ticks;
                     }
-                    self.core.broadcast(&message);
+                    // Like the first copy, it may not overtake the write reserving its round.
+                    self.core.broadcast_after_persist(&message);
                 }
             }
             State::Follower => {
@@ -589,5 +590,149 @@ impl Replica for MultiPaxos {
             assert_eq!(leadership.ballot.node, self.core.id(), "a leader leads with its own ballot");
         }
         assert!(self.queue.len() <= self.core.config.pending_commands_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Outgoing;
+    use crate::storage::StorageOp;
+
+    fn replica(id: NodeId) -> MultiPaxos {
+        MultiPaxos::new(Config::new(id, [1, 2, 3], crate::config::Protocol::Multi), &DurableState::default()).unwrap()
+    }
+
+    /// Carries out the persist as a driver would and returns the released messages.
+    fn persist(actions: Actions) -> (Vec<StorageOp>, Vec<Outgoing>, Vec<Outgoing>) {
+        let ops = actions.persist.ops().to_vec();
+        let released = actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        (ops, actions.send, released)
+    }
+
+    fn value(text: &str) -> Value {
+        Value::Commands(Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
+    }
+
+    #[test]
+    fn an_election_reserves_its_round_before_the_prepare_leaves() {
+        let mut candidate = replica(1);
+        let mut actions = Actions::default();
+        for _ in 0..4 * candidate.core.config.election_timeout_ticks {
+            candidate.tick();
+            actions.merge(candidate.take_actions());
+        }
+        assert!(actions.send.is_empty(), "nothing may leave before the round is durable, retransmissions included");
+        let (ops, _, released) = persist(actions);
+        let ballot = candidate.own_ballot().expect("standing for election");
+        assert!(ops.iter().any(|op| matches!(op, StorageOp::Round(round) if *round >= ballot.round)));
+        assert!(released.len() >= 3, "a prepare to every member, itself included");
+        let last_round: Vec<&Outgoing> = released.iter().rev().take(3).collect();
+        for outgoing in last_round {
+            assert_eq!(outgoing.message, Message::Prepare { ballot, scope: PrepareScope::From(1) });
+        }
+    }
+
+    #[test]
+    fn a_follower_persists_an_accept_before_acknowledging_it() {
+        let mut follower = replica(2);
+        let ballot = Ballot::new(4, 1);
+        follower.on_message(
+            1,
+            Message::Accept { ballot, first_slot: 1, values: vec![value("a"), value("b")], chosen_through: 0 },
+        );
+        let (ops, immediate, released) = persist(follower.take_actions());
+        assert!(immediate.is_empty(), "the acknowledgement waits for the write");
+        assert_eq!(
+            ops,
+            vec![
+                StorageOp::Promise(ballot),
+                StorageOp::Accept { slot: 1, ballot, value: value("a") },
+                StorageOp::Accept { slot: 2, ballot, value: value("b") },
+            ]
+        );
+        assert_eq!(released, vec![Outgoing { to: 1, message: Message::Accepted { ballot, first_slot: 1, count: 2 } }]);
+        assert_eq!(follower.status().leader, Some(1));
+    }
+
+    #[test]
+    fn a_stale_accept_is_refused_at_once_with_the_promise() {
+        let mut follower = replica(2);
+        follower.on_message(3, Message::Prepare { ballot: Ballot::new(9, 3), scope: PrepareScope::From(1) });
+        let _ = follower.take_actions();
+        follower.on_message(
+            1,
+            Message::Accept { ballot: Ballot::new(4, 1), first_slot: 1, values: vec![value("a")], chosen_through: 0 },
+        );
+        let (ops, immediate, released) = persist(follower.take_actions());
+        assert!(ops.is_empty() && released.is_empty());
+        assert_eq!(
+            immediate,
+            vec![Outgoing {
+                to: 1,
+                message: Message::Nack { ballot: Ballot::new(4, 1), slot: 0, promised: Ballot::new(9, 3) }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_commit_point_applies_slots_accepted_at_the_leaders_ballot() {
+        let mut follower = replica(2);
+        let ballot = Ballot::new(4, 1);
+        follower.on_message(1, Message::Accept { ballot, first_slot: 1, values: vec![value("a")], chosen_through: 0 });
+        let _ = follower.take_actions();
+        follower.on_message(1, Message::Commit { ballot, chosen_through: 1 });
+        let actions = follower.take_actions();
+        assert_eq!(actions.decided.len(), 1);
+        assert_eq!(actions.decided[0].slot, 1);
+        assert_eq!(actions.persist.ops(), &[StorageOp::Chosen { slot: 1, value: None }]);
+    }
+
+    #[test]
+    fn a_new_leader_reproposes_reported_values_and_fills_holes_with_noops() {
+        let mut candidate = replica(1);
+        for _ in 0..2 * candidate.core.config.election_timeout_ticks {
+            candidate.tick();
+        }
+        let _ = candidate.take_actions();
+        let ballot = candidate.own_ballot().unwrap();
+        let reported = vec![AcceptedEntry { slot: 3, ballot: Ballot::new(0, 2), value: value("kept") }];
+        candidate.on_message(
+            2,
+            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: reported, chosen_through: 0 },
+        );
+        candidate.on_message(
+            3,
+            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 },
+        );
+        assert_eq!(candidate.status().role, Role::Leader);
+        let actions = candidate.take_actions();
+        let accepts: Vec<&Message> = actions.send.iter().filter(|o| o.to == 2).map(|o| &o.message).collect();
+        assert_eq!(
+            accepts,
+            vec![&Message::Accept {
+                ballot,
+                first_slot: 1,
+                values: vec![Value::Noop, Value::Noop, value("kept")],
+                chosen_through: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_follower_forwards_commands_to_the_leader_it_knows() {
+        let mut follower = replica(2);
+        assert_eq!(
+            follower.propose(vec![Command::new(5, 1, vec![])]),
+            Err(ProposeError::NotLeader { leader_hint: None })
+        );
+        follower.on_message(1, Message::Commit { ballot: Ballot::new(2, 1), chosen_through: 0 });
+        let _ = follower.take_actions();
+        follower.propose(vec![Command::new(5, 1, vec![])]).unwrap();
+        let actions = follower.take_actions();
+        assert_eq!(
+            actions.send,
+            vec![Outgoing { to: 1, message: Message::Forward { commands: vec![Command::new(5, 1, vec![])] } }]
+        );
     }
 }

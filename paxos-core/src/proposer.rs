@@ -29,16 +29,20 @@ impl PromiseTally {
 
     /// Records a promise from the member with vote bit `voter`, once. Returns the
     /// number of distinct promisers so far.
+    ///
+    /// A promise reporting a value accepted at or above the ballot it promises is
+    /// impossible from a correct acceptor; it is dropped whole (and logged), never
+    /// counted, so a broken peer cannot steer value adoption.
     pub fn on_promise(&mut self, voter: u64, accepted: Vec<AcceptedEntry>) -> usize {
         if self.voters & voter == 0 {
+            if let Some(bad) = accepted.iter().find(|entry| entry.ballot >= self.ballot) {
+                tracing::error!(ballot = %self.ballot, reported = %bad.ballot, slot = bad.slot, "promise reports a value accepted at or above its ballot; dropped");
+                return self.voters.count_ones() as usize;
+            }
             self.voters |= voter;
             for entry in accepted {
                 // Paxos Made Simple §2.2 P2c: keep the value of the highest-numbered
                 // accepted proposal reported for each slot.
-                assert!(
-                    entry.ballot < self.ballot,
-                    "an acceptor reported a value accepted at or above the ballot it promised"
-                );
                 match self.highest.get(&entry.slot) {
                     Some((ballot, _)) if *ballot >= entry.ballot => {}
                     _ => {
@@ -239,6 +243,14 @@ mod tests {
         tally.on_promise(2, vec![AcceptedEntry { slot: 4, ballot: Ballot::new(2, 3), value: value("old") }]);
         assert_eq!(tally.adopt(4, value("own")), value("new"));
         assert_eq!(tally.adopt(5, value("own")), value("own"));
+    }
+
+    #[test]
+    fn an_impossible_promise_is_dropped_not_counted() {
+        let mut tally = PromiseTally::new(Ballot::new(5, 1));
+        let impossible = vec![AcceptedEntry { slot: 1, ballot: Ballot::new(6, 2), value: value("x") }];
+        assert_eq!(tally.on_promise(0b10, impossible), 0);
+        assert_eq!(tally.adopt(1, value("own")), value("own"));
     }
 
     #[test]
