@@ -39,6 +39,10 @@ impl PersistThen {
         self.then_send.extend(later.then_send);
     }
 
+    pub(crate) fn ops_mut(&mut self) -> &mut Vec<StorageOp> {
+        &mut self.ops
+    }
+
     pub(crate) fn push_op(&mut self, op: StorageOp) {
         self.ops.push(op);
     }
@@ -64,6 +68,23 @@ impl PersistThen {
             write(&self.ops)?;
         }
         Ok(self.then_send)
+    }
+
+    /// Like [`PersistThen::persist_with`], but keeps this batch's buffers for
+    /// reuse: on success the released messages are moved to the end of `out` and
+    /// the batch is left empty. On error nothing is released and the batch is
+    /// left as it was.
+    pub fn persist_with_into<E>(
+        &mut self,
+        write: impl FnOnce(&[StorageOp]) -> Result<(), E>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), E> {
+        if !self.ops.is_empty() {
+            write(&self.ops)?;
+        }
+        self.ops.clear();
+        out.append(&mut self.then_send);
+        Ok(())
     }
 
     /// Drops everything, as a crash before the write completed would.
@@ -158,6 +179,15 @@ impl Actions {
         self.persist.merge(later.persist);
         self.decided.extend(later.decided);
         self.events.extend(later.events);
+    }
+
+    /// Empties every list, keeping the allocations for reuse.
+    pub fn clear(&mut self) {
+        self.send.clear();
+        self.persist.ops.clear();
+        self.persist.then_send.clear();
+        self.decided.clear();
+        self.events.clear();
     }
 
     pub(crate) fn send(&mut self, to: NodeId, message: crate::Message) {

@@ -308,6 +308,10 @@ impl Replica for BasicPaxos {
         std::mem::take(&mut self.core.actions)
     }
 
+    fn drain_actions_into(&mut self, into: &mut Actions) {
+        self.core.drain_actions_into(into);
+    }
+
     fn status(&self) -> Status {
         Status {
             node_id: self.core.id(),

@@ -527,6 +527,10 @@ impl Replica for MultiPaxos {
         std::mem::take(&mut self.core.actions)
     }
 
+    fn drain_actions_into(&mut self, into: &mut Actions) {
+        self.core.drain_actions_into(into);
+    }
+
     fn status(&self) -> Status {
         let applied = self.core.learner.applied_through();
         let peer_lag = match &self.state {

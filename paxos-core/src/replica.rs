@@ -97,6 +97,10 @@ pub trait Replica: Send + std::fmt::Debug {
     fn tick(&mut self);
     /// Takes everything the replica has asked for since the last call.
     fn take_actions(&mut self) -> Actions;
+    /// The allocation-free form of [`Replica::take_actions`] for hot loops: hands
+    /// everything over in `into`, which must be empty (call [`Actions::clear`]
+    /// after carrying it out), and keeps `into`'s old buffers for the next step.
+    fn drain_actions_into(&mut self, into: &mut Actions);
     /// What the replica knows.
     fn status(&self) -> Status;
     /// The learner: chosen values and applied log.
@@ -240,10 +244,8 @@ impl Core {
     /// Phase 1b for either protocol. Returns whether a promise was given.
     pub fn reply_to_prepare(&mut self, from: NodeId, ballot: Ballot, scope: PrepareScope) -> bool {
         self.observe_ballot(ballot);
-        let mut ops = Vec::new();
-        match self.acceptor.on_prepare(ballot, scope, &mut ops) {
+        match self.acceptor.on_prepare(ballot, scope, self.actions.persist.ops_mut()) {
             Ok(accepted) => {
-                ops.into_iter().for_each(|op| self.actions.persist.push_op(op));
                 let chosen_through = self.learner.applied_through();
                 // Seed 001: the promise leaves only after it is durable.
                 self.actions.persist.push_message(from, Message::Promise { ballot, scope, accepted, chosen_through });
@@ -270,10 +272,8 @@ impl Core {
         log_wide: bool,
     ) -> bool {
         self.observe_ballot(ballot);
-        let mut ops = Vec::new();
-        match self.acceptor.on_accept(ballot, first_slot, values, log_wide, &mut ops) {
+        match self.acceptor.on_accept(ballot, first_slot, values, log_wide, self.actions.persist.ops_mut()) {
             Ok(()) => {
-                ops.into_iter().for_each(|op| self.actions.persist.push_op(op));
                 let count = values.len() as u64;
                 // Seed 001: the accept leaves only after it is durable.
                 self.actions.persist.push_message(from, Message::Accepted { ballot, first_slot, count });
@@ -401,6 +401,11 @@ impl Core {
     /// so an overloaded network is not flooded with copies.
     pub fn retransmit_after(&self, retransmissions: u32) -> u64 {
         self.config.retransmit_ticks << retransmissions.min(4)
+    }
+
+    pub fn drain_actions_into(&mut self, into: &mut Actions) {
+        assert!(into.is_empty(), "drain_actions_into needs an empty Actions");
+        std::mem::swap(&mut self.actions, into);
     }
 
     pub fn event(&mut self, event: Event) {
