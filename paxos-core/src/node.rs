@@ -173,6 +173,7 @@ impl Node {
             options: options.clone(),
             local: VecDeque::new(),
             waiters: HashMap::new(),
+            proposals: Vec::new(),
             ticks: 0,
             resubmit_ticks,
             recent: HashMap::new(),
@@ -290,6 +291,9 @@ struct Driver<T, S> {
     /// Messages this node sent to itself, delivered without the transport.
     local: VecDeque<Message>,
     waiters: HashMap<CommandId, Waiting>,
+    /// Commands added during the current round, proposed together at its end
+    /// so that they share a slot (batching) instead of taking one slot each.
+    proposals: Vec<Command>,
     ticks: u64,
     resubmit_ticks: u64,
     recent: HashMap<CommandId, u64>,
@@ -346,6 +350,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                     Err(_) => break,
                 }
             }
+            self.propose_round();
             loop {
                 while let Some(message) = self.local.pop_front() {
                     self.replica.on_message(self.node_id, message);
@@ -359,6 +364,29 @@ impl<T: Transport, S: Storage> Driver<T, S> {
             if stop {
                 tracing::info!(node = self.node_id, "node stopped");
                 return Ok(());
+            }
+        }
+    }
+
+    /// Proposes the commands added this round as one batch. If the replica
+    /// refuses, their callers get the error at once.
+    fn propose_round(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let commands = std::mem::take(&mut self.proposals);
+        let ids: Vec<CommandId> = commands.iter().map(|command| command.id).collect();
+        if let Err(error) = self.replica.propose(commands) {
+            let error = NodeError::from(error);
+            for id in ids {
+                if let Some(waiting) = self.waiters.remove(&id) {
+                    for reply in waiting.replies {
+                        let _ = reply.send(Err(match &error {
+                            NodeError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint: *leader_hint },
+                            _ => NodeError::Busy,
+                        }));
+                    }
+                }
             }
         }
     }
@@ -390,15 +418,9 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                     waiting.replies.push(reply);
                     return false;
                 }
-                match self.replica.propose(vec![command.clone()]) {
-                    Ok(()) => {
-                        let waiting = Waiting { command, replies: vec![reply], proposed_at: self.ticks };
-                        self.waiters.insert(id, waiting);
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error.into()));
-                    }
-                }
+                self.proposals.push(command.clone());
+                let waiting = Waiting { command, replies: vec![reply], proposed_at: self.ticks };
+                self.waiters.insert(id, waiting);
             }
             Request::Get { index, reply } => {
                 let _ = reply.send(self.replica.learner().get(index).cloned());
