@@ -7,6 +7,9 @@
 //! | feature | brings in |
 //! |---|---|
 //! | `memory` (default) | [`storage::MemoryStorage`] |
+//! | `tcp` | `transport::tcp::TcpTransport` (with `tokio` and/or `smol`) |
+//! | `tokio` | the tokio constructors of the network transports |
+//! | `smol` | the smol constructors of the network transports |
 //!
 //! The in-memory transport, [`memory::MemoryNetwork`], is always available.
 //!
@@ -27,6 +30,20 @@
 #![deny(missing_docs)]
 
 pub use paxos_core::*;
+
+#[cfg(all(feature = "tcp", not(any(feature = "tokio", feature = "smol"))))]
+compile_error!(
+    "the `tcp` feature needs a runtime: enable `tokio` or `smol` as well, e.g. features = [\"tcp\", \"tokio\"]"
+);
+
+/// Transport backends, by feature. The in-memory transport is [`memory`].
+pub mod transport {
+    /// TCP transport (feature `tcp`).
+    #[cfg(feature = "tcp")]
+    pub mod tcp {
+        pub use paxos_transport_tcp::*;
+    }
+}
 
 /// Storage backends, by feature.
 pub mod storage {
