@@ -1,12 +1,15 @@
 //! The workspace's automation: `cargo xtask <command>`.
 //!
 //! - `test`: the test suite CI runs (the README's test command).
+//! - `features`, `doc`, `package`: release checks (feature matrix, docs, packaging).
 //! - `bench`: Basic versus Multi-Paxos throughput (see `paxos-bench`).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod checks;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Automation for the Paxos workspace")]
@@ -19,13 +22,19 @@ struct Cli {
 enum Task {
     /// Runs every test in the workspace, as CI does.
     Test,
+    /// Builds every documented feature combination of the `paxos` facade.
+    Features,
+    /// Builds the API docs with warnings denied.
+    Doc,
+    /// Packages every publishable crate and verifies each builds alone.
+    Package,
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
 }
 
-fn run(mut command: Command) -> Result<()> {
+pub(crate) fn run(mut command: Command) -> Result<()> {
     eprintln!("+ {command:?}");
     let status = command.status().with_context(|| format!("could not start {command:?}"))?;
     if !status.success() {
@@ -42,5 +51,8 @@ fn main() -> Result<()> {
             command.args(["test", "--workspace"]);
             run(command)
         }
+        Task::Features => checks::features(),
+        Task::Doc => checks::doc(),
+        Task::Package => checks::package(),
     }
 }
