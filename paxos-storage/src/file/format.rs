@@ -1,0 +1,256 @@
+//! The on-disk format of a log file, and recovery: pure functions over bytes.
+//!
+//! A log file is a 16-byte file header followed by records:
+//!
+//! ```text
+//! file header:  magic "PAXOSLOG" (8) | format version u32 LE | CRC32C of the previous 12 bytes, u32 LE
+//! record:       body length u32 LE | CRC32C(length bytes ++ body) u32 LE | body
+//! body:         kind u8 | payload
+//! ```
+//!
+//! The first record of every file is a checkpoint (kind 1): the postcard encoding of
+//! the whole [`DurableState`]. Every later record is an ops record (kind 2): the
+//! postcard encodings of the `&[StorageOp]` of one or more `append` calls, one after
+//! another, exactly the appends that shared one fdatasync (group commit). A record is
+//! therefore written by exactly one `write` and made durable by exactly one sync, so a
+//! record is either wholly durable or the unsynced tail of the file.
+//!
+//! The CRC covers the length, so a damaged length is detected like damaged data.
+
+use std::path::Path;
+
+use paxos_core::{DurableState, StorageOp};
+
+use super::FileError;
+
+/// The magic bytes every log file starts with.
+const FILE_MAGIC: &[u8; 8] = b"PAXOSLOG";
+/// The format version this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Bytes of the file header.
+pub(crate) const FILE_HEADER_BYTES: usize = 16;
+/// Bytes of a record header (length and CRC).
+pub(crate) const RECORD_HEADER_BYTES: usize = 8;
+/// Record kind: the whole durable state.
+const KIND_CHECKPOINT: u8 = 1;
+/// Record kind: the ops of one or more appends.
+pub(crate) const KIND_OPS: u8 = 2;
+
+/// The 16-byte header every log file starts with.
+pub(crate) fn file_header() -> [u8; FILE_HEADER_BYTES] {
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..12]);
+    header[12..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Starts a record in `buffer`: reserves its header and writes the kind byte.
+/// Append the payload, then call [`finish_record`] with the returned start.
+pub(crate) fn start_record(buffer: &mut Vec<u8>, kind: u8) -> usize {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    buffer.push(kind);
+    start
+}
+
+/// Fills in the length and CRC of the record started at `start`, which runs to the
+/// end of `buffer`. Fails if the body is longer than a `u32` can say.
+pub(crate) fn finish_record(buffer: &mut [u8], start: usize) -> Result<(), u64> {
+    let body_len = buffer.len() - start - RECORD_HEADER_BYTES;
+    let Ok(length) = u32::try_from(body_len) else { return Err(body_len as u64) };
+    let length_bytes = length.to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&length_bytes), &buffer[start + RECORD_HEADER_BYTES..]);
+    buffer[start..start + 4].copy_from_slice(&length_bytes);
+    buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The complete bytes of a new log file holding `state` as its checkpoint.
+pub(crate) fn checkpoint_file(state: &DurableState) -> Result<Vec<u8>, String> {
+    let mut buffer = Vec::with_capacity(4096);
+    buffer.extend_from_slice(&file_header());
+    let start = start_record(&mut buffer, KIND_CHECKPOINT);
+    postcard::to_io(state, &mut buffer).map_err(|error| format!("encoding the checkpoint failed: {error}"))?;
+    finish_record(&mut buffer, start)
+        .map_err(|bytes| format!("the checkpoint is {bytes} bytes, more than a record can hold (4 GiB)"))?;
+    Ok(buffer)
+}
+
+/// What recovery found in a log file.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// The replay of the checkpoint and every intact record.
+    pub state: DurableState,
+    /// Bytes of the file up to the end of the last intact record.
+    pub valid_bytes: u64,
+    /// Bytes of the header and the checkpoint record.
+    pub checkpoint_bytes: u64,
+    /// Intact ops records after the checkpoint.
+    pub ops_records: u64,
+}
+
+/// Why the record at some offset is not intact.
+enum Damage {
+    /// Fewer bytes left than a record header.
+    ShortHeader,
+    /// The length points past the end of the file.
+    PastEnd(u32),
+    /// The CRC does not match.
+    Checksum,
+}
+
+impl Damage {
+    fn describe(&self) -> String {
+        match self {
+            Damage::ShortHeader => "the file ends inside a record header".to_string(),
+            Damage::PastEnd(length) => format!("a record of {length} bytes runs past the end of the file"),
+            Damage::Checksum => "CRC32C mismatch".to_string(),
+        }
+    }
+}
+
+/// The record at `offset`: its body and the offset after it, or why it is damaged.
+fn record_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), Damage> {
+    let Some(header) = bytes.get(offset..offset + RECORD_HEADER_BYTES) else { return Err(Damage::ShortHeader) };
+    let length_bytes: [u8; 4] = header[..4].try_into().expect("four bytes");
+    let stored_crc = u32::from_le_bytes(header[4..].try_into().expect("four bytes"));
+    let length = u32::from_le_bytes(length_bytes);
+    let body_start = offset + RECORD_HEADER_BYTES;
+    let Some(body) = bytes.get(body_start..body_start + length as usize) else { return Err(Damage::PastEnd(length)) };
+    if crc32c::crc32c_append(crc32c::crc32c(&length_bytes), body) != stored_crc {
+        return Err(Damage::Checksum);
+    }
+    Ok((body, body_start + length as usize))
+}
+
+/// Whether an intact record starts anywhere after `offset`. Records after the first
+/// damaged one can only exist if the damaged one was once synced: each record is
+/// written only after every earlier one was made durable.
+fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
+    (offset + 1..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).any(|start| record_at(bytes, start).is_ok())
+}
+
+/// Replays a log file. A damaged record with nothing intact after it is a torn tail
+/// (a write that was never acknowledged) and ends the replay; damage followed by an
+/// intact record, a damaged header or checkpoint, or a record whose CRC matches but
+/// whose body does not decode, is corruption and an error.
+pub(crate) fn recover(bytes: &[u8], file: &Path) -> Result<Recovered, FileError> {
+    let corrupt =
+        |offset: usize, reason: String| FileError::Corrupt { file: file.to_path_buf(), offset: offset as u64, reason };
+    // The header and the checkpoint were synced before the file got its name, so
+    // they are complete in any file recovery looks at.
+    let Some(header) = bytes.get(..FILE_HEADER_BYTES) else {
+        return Err(corrupt(0, format!("the file is {} bytes, shorter than its header", bytes.len())));
+    };
+    if &header[..8] != FILE_MAGIC {
+        return Err(corrupt(0, "not a paxos-storage log file (wrong magic bytes)".to_string()));
+    }
+    if crc32c::crc32c(&header[..12]) != u32::from_le_bytes(header[12..].try_into().expect("four bytes")) {
+        return Err(corrupt(0, "CRC32C mismatch in the file header".to_string()));
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("four bytes"));
+    if version != FORMAT_VERSION {
+        return Err(FileError::UnsupportedVersion {
+            file: file.to_path_buf(),
+            found: version,
+            expected: FORMAT_VERSION,
+        });
+    }
+
+    let (body, mut offset) =
+        record_at(bytes, FILE_HEADER_BYTES).map_err(|damage| corrupt(FILE_HEADER_BYTES, damage.describe()))?;
+    let state = match body.split_first() {
+        Some((&KIND_CHECKPOINT, payload)) => match postcard::take_from_bytes::<DurableState>(payload) {
+            Ok((state, [])) => state,
+            Ok(_) => return Err(corrupt(FILE_HEADER_BYTES, "trailing bytes after the checkpoint".to_string())),
+            Err(error) => return Err(corrupt(FILE_HEADER_BYTES, format!("the checkpoint does not decode: {error}"))),
+        },
+        _ => return Err(corrupt(FILE_HEADER_BYTES, "the first record is not a checkpoint".to_string())),
+    };
+    let mut recovered =
+        Recovered { state, valid_bytes: offset as u64, checkpoint_bytes: offset as u64, ops_records: 0 };
+
+    while offset < bytes.len() {
+        let start = offset;
+        let body = match record_at(bytes, start) {
+            Ok((body, next)) => {
+                offset = next;
+                body
+            }
+            Err(damage) if intact_record_after(bytes, start) => {
+                return Err(corrupt(start, format!("{}, and intact records follow", damage.describe())));
+            }
+            // A torn tail: the write that was in progress at the crash.
+            Err(_) => break,
+        };
+        match body.split_first() {
+            Some((&KIND_OPS, mut payload)) => {
+                while !payload.is_empty() {
+                    let (ops, rest) = postcard::take_from_bytes::<Vec<StorageOp>>(payload).map_err(|error| {
+                        corrupt(start, format!("a record with a valid CRC does not decode: {error}"))
+                    })?;
+                    ops.iter().for_each(|op| recovered.state.apply(op));
+                    payload = rest;
+                }
+            }
+            Some((&KIND_CHECKPOINT, _)) => {
+                return Err(corrupt(start, "a checkpoint record after the start of the file".to_string()))
+            }
+            Some((kind, _)) => return Err(corrupt(start, format!("unknown record kind {kind}"))),
+            None => return Err(corrupt(start, "an empty record".to_string())),
+        }
+        recovered.ops_records += 1;
+        recovered.valid_bytes = offset as u64;
+    }
+    Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::Ballot;
+
+    fn ops_record(buffer: &mut Vec<u8>, ops: &[StorageOp]) {
+        let start = start_record(buffer, KIND_OPS);
+        postcard::to_io(ops, &mut *buffer).unwrap();
+        finish_record(buffer, start).unwrap();
+    }
+
+    #[test]
+    fn crc32c_matches_the_published_check_value() {
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn a_file_replays_its_checkpoint_and_records() {
+        let mut bytes = checkpoint_file(&DurableState { round: 4, ..DurableState::default() }).unwrap();
+        ops_record(&mut bytes, &[StorageOp::Round(9), StorageOp::Promise(Ballot::new(2, 1))]);
+        let recovered = recover(&bytes, Path::new("x")).unwrap();
+        assert_eq!(recovered.state.round, 9);
+        assert_eq!(recovered.state.promised, Ballot::new(2, 1));
+        assert_eq!(recovered.valid_bytes, bytes.len() as u64);
+        assert_eq!(recovered.ops_records, 1);
+    }
+
+    #[test]
+    fn a_valid_crc_over_an_undecodable_body_is_corruption_even_at_the_end() {
+        let mut bytes = checkpoint_file(&DurableState::default()).unwrap();
+        let start = start_record(&mut bytes, KIND_OPS);
+        bytes.extend_from_slice(&[0xff; 12]);
+        finish_record(&mut bytes, start).unwrap();
+        let error = recover(&bytes, Path::new("x")).unwrap_err();
+        assert!(matches!(error, FileError::Corrupt { offset, .. } if offset == start as u64), "{error}");
+    }
+
+    #[test]
+    fn another_version_is_refused_by_name() {
+        let mut bytes = checkpoint_file(&DurableState::default()).unwrap();
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..12]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        let error = recover(&bytes, Path::new("x")).unwrap_err();
+        assert!(matches!(error, FileError::UnsupportedVersion { found: 7, expected: FORMAT_VERSION, .. }));
+    }
+}

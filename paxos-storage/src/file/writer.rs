@@ -1,0 +1,169 @@
+//! The writer thread: takes every queued append, writes them as one record, syncs
+//! once (group commit), answers each caller, and writes checkpoints.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use paxos_core::StorageOp;
+
+use super::{format, lock, write_checkpoint, FileError, FileOptions, Shared};
+
+/// One `append` call waiting for durability.
+pub(crate) struct Request {
+    /// The ops, applied to the in-memory state once durable.
+    pub ops: Vec<StorageOp>,
+    /// Their postcard encoding, made by the caller.
+    pub encoded: Vec<u8>,
+    /// Answered once the record holding them is synced (or failed).
+    pub reply: oneshot::Sender<Result<(), FileError>>,
+}
+
+/// Owns the live log file; runs on its own thread.
+pub(crate) struct Writer {
+    dir: PathBuf,
+    options: FileOptions,
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    /// Bytes in the live file.
+    file_bytes: u64,
+    /// Bytes of the live file's header and checkpoint.
+    checkpoint_bytes: u64,
+    shared: Arc<Mutex<Shared>>,
+    buffer: Vec<u8>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dir: PathBuf,
+        options: FileOptions,
+        file: File,
+        path: PathBuf,
+        generation: u64,
+        file_bytes: u64,
+        checkpoint_bytes: u64,
+        shared: Arc<Mutex<Shared>>,
+    ) -> Writer {
+        Writer { dir, options, file, path, generation, file_bytes, checkpoint_bytes, shared, buffer: Vec::new() }
+    }
+
+    /// Serves appends until every sender is dropped.
+    pub(crate) fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
+        let mut carried: Option<Request> = None;
+        let mut group: Vec<Request> = Vec::new();
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match futures::executor::block_on(receiver.next()) {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            // The record body: one kind byte, then each append's encoding.
+            let mut body_bytes = 1 + first.encoded.len() as u64;
+            group.push(first);
+            while group.len() < self.options.appends_per_sync_max && body_bytes < self.options.bytes_per_sync_max {
+                let Ok(request) = receiver.try_recv() else { break };
+                if body_bytes + request.encoded.len() as u64 > self.options.record_bytes_max {
+                    carried = Some(request);
+                    break;
+                }
+                body_bytes += request.encoded.len() as u64;
+                group.push(request);
+            }
+            self.serve(&mut group);
+        }
+    }
+
+    /// Writes one group as one record, syncs, and answers its callers.
+    fn serve(&mut self, group: &mut Vec<Request>) {
+        let failure = lock(&self.shared).failure.clone();
+        let result = match failure {
+            Some(failure) => Err(failure),
+            None => self.write_group(group).map_err(|source| (self.path.clone(), Arc::new(source))),
+        };
+        match result {
+            Ok(()) => {
+                {
+                    let mut shared = lock(&self.shared);
+                    for request in group.iter() {
+                        request.ops.iter().for_each(|op| shared.state.apply(op));
+                    }
+                    shared.stats.appends += group.len() as u64;
+                    shared.stats.syncs += 1;
+                    shared.stats.log_bytes = self.file_bytes;
+                }
+                for request in group.drain(..) {
+                    let _ = request.reply.send(Ok(()));
+                }
+                self.checkpoint_if_due();
+            }
+            Err((path, source)) => {
+                lock(&self.shared).failure.get_or_insert_with(|| (path.clone(), Arc::clone(&source)));
+                for request in group.drain(..) {
+                    let failed = FileError::Failed { path: path.clone(), source: Arc::clone(&source) };
+                    let _ = request.reply.send(Err(failed));
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Request]) -> std::io::Result<()> {
+        self.buffer.clear();
+        let start = format::start_record(&mut self.buffer, format::KIND_OPS);
+        for request in group {
+            self.buffer.extend_from_slice(&request.encoded);
+        }
+        // The group stays within `record_bytes_max`, which `validate` keeps below u32::MAX.
+        format::finish_record(&mut self.buffer, start)
+            .map_err(|bytes| std::io::Error::other(format!("a record of {bytes} bytes is too large")))?;
+        self.file.write_all(&self.buffer)?;
+        self.file.sync_data()?;
+        self.file_bytes += self.buffer.len() as u64;
+        // A rare huge group should not pin its buffer for the life of the storage.
+        if self.buffer.capacity() > 4 * self.options.bytes_per_sync_max as usize {
+            self.buffer = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Replaces the log with a checkpoint once the records after the current
+    /// checkpoint outgrow both `log_bytes_max` and the checkpoint itself, so disk
+    /// use stays within a constant factor of the live state and rewriting costs
+    /// O(1) per appended byte.
+    fn checkpoint_if_due(&mut self) {
+        let records_bytes = self.file_bytes - self.checkpoint_bytes;
+        if records_bytes <= self.options.log_bytes_max.max(self.checkpoint_bytes) {
+            return;
+        }
+        let state = lock(&self.shared).state.clone();
+        let generation = self.generation + 1;
+        match write_checkpoint(&self.dir, generation, &state) {
+            Ok((file, path, bytes)) => {
+                let old = std::mem::replace(&mut self.path, path);
+                self.file = file;
+                self.generation = generation;
+                self.file_bytes = bytes;
+                self.checkpoint_bytes = bytes;
+                // If this removal is lost in a crash, recovery removes the old
+                // generation, since the new one is complete and higher.
+                let _ = std::fs::remove_file(old);
+                let mut shared = lock(&self.shared);
+                shared.stats.checkpoints += 1;
+                shared.stats.generation = generation;
+                shared.stats.log_bytes = bytes;
+            }
+            Err(source) => {
+                // The rename may or may not have happened, so appending to the old
+                // file could write where recovery never looks: stop writing.
+                let path = self.dir.join(super::log_name(generation));
+                lock(&self.shared).failure.get_or_insert_with(|| (path, Arc::new(source)));
+            }
+        }
+    }
+}
