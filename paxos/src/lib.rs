@@ -7,6 +7,7 @@
 //! | feature | brings in |
 //! |---|---|
 //! | `memory` (default) | [`storage::MemoryStorage`] |
+//! | `file` | `storage::FileStorage`, crash-safe, with group commit |
 //! | `tcp` | `transport::tcp::TcpTransport` (with `tokio` and/or `smol`) |
 //! | `tokio` | the tokio constructors of the network transports |
 //! | `smol` | the smol constructors of the network transports |
@@ -47,6 +48,8 @@ pub mod transport {
 
 /// Storage backends, by feature.
 pub mod storage {
+    #[cfg(feature = "file")]
+    pub use paxos_storage::{FileError, FileOptions, FileStats, FileStorage};
     #[cfg(feature = "memory")]
     pub use paxos_storage::{MemoryError, MemoryStorage};
 }

@@ -15,6 +15,8 @@ const BUILDS: &[&[&str]] = &[
     &["tcp", "smol"],
     &["tcp", "tokio", "smol"],
     &["memory", "tcp", "tokio"],
+    &["file"],
+    &["file", "tcp", "smol"],
 ];
 
 /// Feature sets that cannot work, and the text their single compile error must contain.
@@ -47,7 +49,10 @@ pub fn features() -> Result<()> {
         let errors = stderr.matches("error:").count();
         // One compile_error! plus cargo's own "could not compile" line.
         if errors > 2 {
-            bail!("features [{}] failed with {errors} errors instead of one clear message:\n{stderr}", features.join(", "));
+            bail!(
+                "features [{}] failed with {errors} errors instead of one clear message:\n{stderr}",
+                features.join(", ")
+            );
         }
     }
     eprintln!("feature matrix: {} combinations build, {} are refused clearly", BUILDS.len(), REFUSED.len());
@@ -69,4 +74,26 @@ pub fn package() -> Result<()> {
         command.args(["--exclude", internal]);
     }
     run(command)
+}
+
+/// The facade's runnable examples, with the features each needs.
+const EXAMPLES: &[(&str, &[&str])] = &[
+    ("single_decree", &[]),
+    ("cluster", &[]),
+    ("custom_storage", &[]),
+    ("custom_transport", &[]),
+    ("tcp_file_cluster", &["tcp", "tokio", "file"]),
+];
+
+/// Runs every example of the `paxos` facade to completion.
+pub fn examples() -> Result<()> {
+    for (name, features) in EXAMPLES {
+        let mut command = cargo();
+        command.args(["run", "--quiet", "--package", "paxos", "--example", name]);
+        if !features.is_empty() {
+            command.args(["--features", &features.join(",")]);
+        }
+        run(command).with_context(|| format!("example {name} must run to completion"))?;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The workspace's automation: `cargo xtask <command>`.
 //!
 //! - `test`: the test suite CI runs (the README's test command).
-//! - `features`, `doc`, `package`: release checks (feature matrix, docs, packaging).
+//! - `features`, `doc`, `package`, `examples`: release checks (feature matrix, docs,
+//!   packaging, every example run to completion).
 //! - `bench`: Basic versus Multi-Paxos throughput (see `paxos-bench`).
 
 use std::process::Command;
@@ -28,6 +29,8 @@ enum Task {
     Doc,
     /// Packages every publishable crate and verifies each builds alone.
     Package,
+    /// Runs every example of the `paxos` facade to completion.
+    Examples,
 }
 
 pub(crate) fn cargo() -> Command {
@@ -54,5 +57,6 @@ fn main() -> Result<()> {
         Task::Features => checks::features(),
         Task::Doc => checks::doc(),
         Task::Package => checks::package(),
+        Task::Examples => checks::examples(),
     }
 }
