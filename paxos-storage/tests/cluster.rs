@@ -13,10 +13,11 @@ use paxos_storage::{FileError, FileOptions, FileStorage};
 
 const MEMBERS: [u64; 3] = [1, 2, 3];
 
-fn options() -> NodeOptions {
+fn options(auto_compact_slots: Option<u64>) -> NodeOptions {
     NodeOptions {
         tick_interval: Duration::from_millis(2),
         propose_timeout: Duration::from_secs(20),
+        auto_compact_slots,
         ..NodeOptions::default()
     }
 }
@@ -33,7 +34,7 @@ struct Running {
     stopped: oneshot::Receiver<()>,
 }
 
-async fn start_node(id: u64, network: &MemoryNetwork, dir: &Path) -> Running {
+async fn start_node(id: u64, network: &MemoryNetwork, dir: &Path, auto_compact_slots: Option<u64>) -> Running {
     let storage = match FileStorage::open(dir, file_options()) {
         Ok(storage) => storage,
         Err(FileError::Locked { .. }) => panic!("node {id}: the previous instance still holds {}", dir.display()),
@@ -41,7 +42,8 @@ async fn start_node(id: u64, network: &MemoryNetwork, dir: &Path) -> Running {
     };
     let mut config = Config::new(id, MEMBERS, Protocol::Multi);
     config.election_timeout_ticks = 10;
-    let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
+    let (handle, driver) =
+        Node::start_with(config, options(auto_compact_slots), network.join(id), storage).await.unwrap();
     let (done, stopped) = oneshot::channel();
     tokio::spawn(async move {
         if let Err(error) = driver.await {
@@ -72,11 +74,17 @@ async fn add(nodes: &[Running], skip: Option<usize>, command: Command) -> u64 {
     panic!("command {:?} was never chosen", command.id)
 }
 
-/// Polls until `node` serves `command` at `index`; false after about 20 s.
-async fn serves(node: &NodeHandle, index: u64, command: &Command) -> bool {
+/// Polls until `node` has applied past `index` and serves `command` there (or, when
+/// the log is compacted, has compacted `index` away and serves nothing else there);
+/// false after about 20 s.
+async fn serves(node: &NodeHandle, index: u64, command: &Command, compacting: bool) -> bool {
     for _ in 0..10_000 {
-        if node.get(index).await.unwrap().as_ref() == Some(command) {
-            return true;
+        let applied_past = node.status().await.unwrap().next_index > index;
+        match node.get(index).await.unwrap() {
+            Some(served) if served == *command => return true,
+            Some(served) => panic!("node {} serves {served:?} at {index}, acknowledged {command:?}", node.node_id()),
+            None if compacting && applied_past => return true,
+            None => {}
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -85,11 +93,24 @@ async fn serves(node: &NodeHandle, index: u64, command: &Command) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_backed_cluster_keeps_every_acknowledged_command_across_crash_restarts() {
+    crash_restart_scenario(None).await;
+}
+
+/// The same with the core compacting every 8 slots: a restarted node that fell
+/// behind the compaction point catches up from a snapshot, and the storage writes
+/// `StorageOp::Compact` and checkpoints under a live cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacting_file_backed_cluster_survives_crash_restarts() {
+    crash_restart_scenario(Some(8)).await;
+}
+
+async fn crash_restart_scenario(auto_compact_slots: Option<u64>) {
+    let compacting = auto_compact_slots.is_some();
     let network = MemoryNetwork::new();
     let dirs: Vec<tempfile::TempDir> = MEMBERS.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     for id in MEMBERS {
-        nodes.push(start_node(id, &network, dirs[(id - 1) as usize].path()).await);
+        nodes.push(start_node(id, &network, dirs[(id - 1) as usize].path(), auto_compact_slots).await);
     }
 
     let mut acknowledged: Vec<(u64, Command)> = Vec::new();
@@ -115,9 +136,12 @@ async fn a_file_backed_cluster_keeps_every_acknowledged_command_across_crash_res
 
         // Restart from the same directory and let it catch up.
         network.heal();
-        nodes[victim] = start_node(id, &network, dirs[victim].path()).await;
+        nodes[victim] = start_node(id, &network, dirs[victim].path(), auto_compact_slots).await;
         for (index, command) in &acknowledged {
-            assert!(serves(&nodes[victim].handle, *index, command).await, "restarted node {id} lost index {index}");
+            assert!(
+                serves(&nodes[victim].handle, *index, command, compacting).await,
+                "restarted node {id} lost index {index}"
+            );
         }
         add_some(&nodes, None, 10, &mut acknowledged).await;
     }
@@ -128,7 +152,11 @@ async fn a_file_backed_cluster_keeps_every_acknowledged_command_across_crash_res
     assert_eq!(indexes.len(), acknowledged.len(), "every acknowledged command has its own index");
     for node in &nodes {
         for (index, command) in &acknowledged {
-            assert!(serves(&node.handle, *index, command).await, "node {} lost index {index}", node.handle.node_id());
+            assert!(
+                serves(&node.handle, *index, command, compacting).await,
+                "node {} lost index {index}",
+                node.handle.node_id()
+            );
         }
     }
     for node in &nodes {
@@ -139,6 +167,14 @@ async fn a_file_backed_cluster_keeps_every_acknowledged_command_across_crash_res
             .await
             .expect("driver stopped")
             .expect("driver ended");
+    }
+    // Every directory reopens after the run; a compacting cluster left a snapshot in each.
+    for dir in &dirs {
+        let state = paxos_core::Storage::load(&FileStorage::open(dir.path(), file_options()).unwrap()).await.unwrap();
+        assert_eq!(state.snapshot.is_some(), compacting, "snapshot in {}", dir.path().display());
+        if compacting {
+            assert!(state.slots.len() < acknowledged.len(), "compaction dropped slots in {}", dir.path().display());
+        }
     }
     // The small log limit made the nodes checkpoint: some live log is past generation 0.
     let checkpointed = dirs.iter().any(|dir| !dir.path().join("wal-0000000000000000.log").exists());
