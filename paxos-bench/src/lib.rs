@@ -1,1 +1,67 @@
-//! Placeholder until its issue lands.
+//! Basic versus Multi-Paxos throughput and latency, measured two ways:
+//!
+//! - [`protocol_loop`]: the protocol alone. Sans-IO replicas driven in one thread,
+//!   messages in a queue, no runtime, no serialization.
+//! - [`node_run`]: through the async `paxos_core::Node` over a transport
+//!   (in-memory; TCP loopback with feature `tcp`) and a storage (in-memory; file
+//!   storage with group commit with feature `file`), under tokio.
+//!
+//! Every run ends with an agreement check ([`check`]): each replica's applied log
+//! must hold every submitted command, in the same slots and order as every other
+//! replica's. A run that fails it returns an error, never a figure.
+//!
+//! `cargo xtask bench` runs the default comparison through the `paxos-bench`
+//! binary and writes `target/paxos-bench/report.{json,svg}`; `cargo xtask bench
+//! --full` runs the criterion suite (`benches/`).
+//!
+//! # Example: the protocol alone, briefly
+//!
+//! ```
+//! use std::time::Duration;
+//! use paxos_bench::{run, ProtocolKind, Spec, StorageKind, TransportKind};
+//!
+//! let spec = Spec {
+//!     protocol: ProtocolKind::Multi,
+//!     transport: TransportKind::Loop,
+//!     storage: StorageKind::Memory,
+//!     replicas: 3,
+//!     command_bytes: 8,
+//!     in_flight: 64,
+//!     batch: true,
+//! };
+//! let measurement = run(&spec, Duration::from_millis(5), Duration::from_millis(20)).unwrap();
+//! assert!(measurement.ops_per_sec() > 0.0);
+//! ```
+#![deny(missing_docs)]
+
+pub mod check;
+pub mod measure;
+pub mod node_run;
+pub mod protocol_loop;
+pub mod report;
+pub mod spec;
+
+use std::time::Duration;
+
+pub use check::{check_agreement, AgreementError, AppliedLog, Submitted};
+pub use measure::{peak_rss_bytes, Measurement};
+pub use spec::{ProtocolKind, Record, Spec, SpecError, StorageKind, TransportKind};
+
+/// Why a run produced no figure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The protocol-alone loop failed.
+    #[error("{0}")]
+    Loop(#[from] protocol_loop::LoopError),
+    /// The node run failed.
+    #[error("{0}")]
+    Node(#[from] node_run::NodeRunError),
+}
+
+/// Runs `spec` with the driver its transport calls for, and checks agreement.
+pub fn run(spec: &Spec, warm_up: Duration, window: Duration) -> Result<Measurement, RunError> {
+    match spec.transport {
+        TransportKind::Loop => Ok(protocol_loop::run(spec, warm_up, window)?),
+        _ => Ok(node_run::run(spec, warm_up, window)?),
+    }
+}

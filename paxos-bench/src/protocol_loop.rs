@@ -1,0 +1,378 @@
+//! The protocol alone: sans-IO replicas driven in one thread, messages passed in
+//! a `VecDeque`, no runtime, no serialization, storage as an in-memory
+//! [`DurableState`] per replica. What it measures is the cost of the protocol.
+//!
+//! The load is a closed loop of `in_flight` clients: each has one command
+//! outstanding, and when the proposing replica applies it (it shows up in
+//! `Actions::decided`), the client submits its next one. Multi-Paxos proposes at
+//! the elected leader; Basic Paxos at replica 1. Every step is a round: propose
+//! what the clients submitted, deliver every queued message, then carry out every
+//! replica's actions (sends, persist-then-send, decisions).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use paxos_core::{
+    new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing,
+    ProposeError, Replica, Role, Slot,
+};
+
+use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
+use crate::measure::Measurement;
+use crate::spec::{Spec, SpecError};
+
+/// Each replica compacts its log (an empty snapshot) after this many applied slots,
+/// so long runs keep memory bounded as a real deployment would.
+pub const COMPACT_EVERY_SLOTS: u64 = 65_536;
+/// Most consecutive idle rounds (each one a tick of every replica) before a run gives up.
+pub const IDLE_TICKS_MAX: u64 = 10_000;
+/// Most wall-clock time `finish` spends draining and catching up.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most ticks spent electing a Multi-Paxos leader.
+pub const ELECTION_TICKS_MAX: u64 = 10_000;
+
+/// Why a loop run stopped without figures.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The spec is not runnable.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The replica configuration is invalid.
+    #[error("invalid replica configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No Multi-Paxos leader emerged.
+    #[error("no leader elected within {ELECTION_TICKS_MAX} ticks")]
+    NoLeader,
+    /// The proposing replica refused commands.
+    #[error("the proposer refused commands: {0}")]
+    Propose(#[from] ProposeError),
+    /// Nothing moved for too long.
+    #[error("no progress: {outstanding} commands outstanding after {what}")]
+    Stalled {
+        /// Commands submitted and not applied.
+        outstanding: usize,
+        /// What timed out.
+        what: &'static str,
+    },
+    /// The replicas' logs do not agree; the figures are void.
+    #[error("the replicas' logs disagree, so no figure is reported: {0}")]
+    Agreement(#[from] AgreementError),
+}
+
+/// A cluster of sans-IO replicas and its closed-loop clients, in one thread.
+#[derive(Debug)]
+pub struct LoopCluster {
+    replicas: Vec<Box<dyn Replica>>,
+    durable: Vec<DurableState>,
+    compacted_through: Vec<Slot>,
+    queue: VecDeque<(NodeId, Outgoing)>,
+    actions: Actions,
+    released: Vec<Outgoing>,
+    proposer: usize,
+    logs: Vec<AppliedLog>,
+    submitted: Submitted,
+    payload: Vec<u8>,
+    /// Per client (index = client id - 1): next sequence, and when its outstanding command was submitted.
+    next_sequence: Vec<u64>,
+    submitted_at: Vec<Instant>,
+    /// Commands submitted by clients and not yet proposed.
+    ready: Vec<Command>,
+    /// Clients whose command was applied at the proposer this round.
+    just_completed: Vec<u32>,
+    outstanding: usize,
+    completed: u64,
+    refill: bool,
+    recording: bool,
+    measurement: Measurement,
+    rounds: u64,
+}
+
+impl LoopCluster {
+    /// Builds the replicas, elects a leader (Multi-Paxos), and submits the first
+    /// `spec.in_flight` commands.
+    pub fn new(spec: &Spec) -> Result<LoopCluster, LoopError> {
+        spec.validate()?;
+        let members: Vec<NodeId> = (1..=spec.replicas as NodeId).collect();
+        let mut replicas = Vec::with_capacity(spec.replicas);
+        for id in &members {
+            let mut config = Config::new(*id, members.clone(), spec.protocol.into());
+            config.batch_commands_max = spec.batch_commands_max();
+            config.pending_commands_max = config.pending_commands_max.max(2 * spec.in_flight);
+            replicas.push(new_replica(config, &DurableState::default())?);
+        }
+        let now = Instant::now();
+        let mut cluster = LoopCluster {
+            durable: vec![DurableState::default(); spec.replicas],
+            compacted_through: vec![0; spec.replicas],
+            queue: VecDeque::new(),
+            actions: Actions::default(),
+            released: Vec::new(),
+            proposer: 0,
+            logs: vec![AppliedLog::default(); spec.replicas],
+            submitted: Submitted::default(),
+            payload: vec![0xA5; spec.command_bytes],
+            next_sequence: vec![0; spec.in_flight],
+            submitted_at: vec![now; spec.in_flight],
+            ready: Vec::with_capacity(spec.in_flight),
+            just_completed: Vec::with_capacity(spec.in_flight),
+            outstanding: 0,
+            completed: 0,
+            refill: true,
+            recording: false,
+            measurement: Measurement::new(),
+            rounds: 0,
+            replicas,
+        };
+        if spec.protocol == crate::ProtocolKind::Multi {
+            cluster.proposer = cluster.elect()?;
+        }
+        for client in 0..spec.in_flight {
+            cluster.submit(client, now);
+        }
+        Ok(cluster)
+    }
+
+    /// Ticks every replica until one leads; returns its position.
+    fn elect(&mut self) -> Result<usize, LoopError> {
+        for _ in 0..ELECTION_TICKS_MAX {
+            for replica in &mut self.replicas {
+                replica.tick();
+            }
+            while self.round()? {}
+            if let Some(leader) = self.replicas.iter().position(|replica| replica.status().role == Role::Leader) {
+                return Ok(leader);
+            }
+        }
+        Err(LoopError::NoLeader)
+    }
+
+    /// The position of the replica clients propose to.
+    pub fn proposer(&self) -> usize {
+        self.proposer
+    }
+
+    fn submit(&mut self, client: usize, now: Instant) {
+        let sequence = self.next_sequence[client];
+        self.next_sequence[client] += 1;
+        let id = CommandId { client: client as u64 + 1, sequence };
+        self.submitted.record(id);
+        self.submitted_at[client] = now;
+        self.ready.push(Command { id, payload: self.payload.clone() });
+        self.outstanding += 1;
+    }
+
+    /// One round; returns whether anything happened.
+    fn round(&mut self) -> Result<bool, LoopError> {
+        self.rounds += 1;
+        let mut progress = false;
+        if !self.ready.is_empty() {
+            let commands = std::mem::replace(&mut self.ready, Vec::with_capacity(self.just_completed.capacity()));
+            self.replicas[self.proposer].propose(commands)?;
+            progress = true;
+        }
+        let deliveries = self.queue.len();
+        for _ in 0..deliveries {
+            let Some((from, outgoing)) = self.queue.pop_front() else { break };
+            self.replicas[(outgoing.to - 1) as usize].on_message(from, outgoing.message);
+        }
+        progress |= deliveries > 0;
+        let mut actions = std::mem::take(&mut self.actions);
+        let mut released = std::mem::take(&mut self.released);
+        for position in 0..self.replicas.len() {
+            self.replicas[position].drain_actions_into(&mut actions);
+            if actions.is_empty() {
+                continue;
+            }
+            progress = true;
+            let id = position as NodeId + 1;
+            for outgoing in actions.send.drain(..) {
+                self.queue.push_back((id, outgoing));
+            }
+            let durable = &mut self.durable[position];
+            let written = actions.persist.persist_with_into(
+                |ops| {
+                    for op in ops {
+                        durable.apply(op);
+                    }
+                    Ok::<(), Infallible>(())
+                },
+                &mut released,
+            );
+            match written {
+                Ok(()) => {}
+                Err(never) => match never {},
+            }
+            for outgoing in released.drain(..) {
+                self.queue.push_back((id, outgoing));
+            }
+            let log = &mut self.logs[position];
+            let is_proposer = position == self.proposer;
+            for decided in &actions.decided {
+                for (index, command) in decided.entries() {
+                    log.record(index, decided.slot, command.id);
+                    if is_proposer {
+                        self.just_completed.push((command.id.client - 1) as u32);
+                    }
+                }
+            }
+            for event in &actions.events {
+                if let Event::Dropped { ids, .. } = event {
+                    // Offer them again under the same ids; the replicas apply each at most once.
+                    for id in ids {
+                        self.ready.push(Command { id: *id, payload: self.payload.clone() });
+                    }
+                }
+            }
+            actions.clear();
+        }
+        self.actions = actions;
+        self.released = released;
+        if !self.just_completed.is_empty() {
+            let now = Instant::now();
+            let mut completed = std::mem::take(&mut self.just_completed);
+            for client in completed.drain(..) {
+                let client = client as usize;
+                if self.recording {
+                    self.measurement.record_latency(now.saturating_duration_since(self.submitted_at[client]));
+                }
+                self.outstanding -= 1;
+                self.completed += 1;
+                if self.refill {
+                    self.submit(client, now);
+                }
+            }
+            self.just_completed = completed;
+        }
+        if self.rounds % 1024 == 0 {
+            self.compact();
+        }
+        Ok(progress)
+    }
+
+    fn compact(&mut self) {
+        for (position, replica) in self.replicas.iter_mut().enumerate() {
+            let applied = replica.learner().applied_through();
+            if applied >= self.compacted_through[position] + COMPACT_EVERY_SLOTS
+                && replica.compact(applied, Vec::new()).is_ok()
+            {
+                self.compacted_through[position] = applied;
+            }
+        }
+    }
+
+    /// Runs rounds until `done` holds, ticking when idle; fails after
+    /// [`IDLE_TICKS_MAX`] idle rounds in a row or at `deadline`.
+    fn run_until(
+        &mut self,
+        mut done: impl FnMut(&LoopCluster) -> bool,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<(), LoopError> {
+        let mut idle = 0;
+        let mut checks = 0u32;
+        while !done(self) {
+            if self.round()? {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle > IDLE_TICKS_MAX {
+                    return Err(LoopError::Stalled { outstanding: self.outstanding, what });
+                }
+                for replica in &mut self.replicas {
+                    replica.tick();
+                }
+            }
+            checks = checks.wrapping_add(1);
+            if checks % 256 == 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(LoopError::Stalled { outstanding: self.outstanding, what });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `warm_up`, then measures for `window`: commands applied at the
+    /// proposer and their commit latencies.
+    pub fn run_for(&mut self, warm_up: Duration, window: Duration) -> Result<Measurement, LoopError> {
+        let start = Instant::now();
+        let warm_end = start + warm_up;
+        self.run_until(|_| Instant::now() >= warm_end, None, "warm-up")?;
+        let measured_from = Instant::now();
+        let completed_before = self.completed;
+        self.recording = true;
+        let end = measured_from + window;
+        let mut rounds = 0u32;
+        // Reading the clock every round would cost more than a round with one command in flight.
+        self.run_until(
+            |_| {
+                rounds = rounds.wrapping_add(1);
+                rounds % 64 == 0 && Instant::now() >= end
+            },
+            None,
+            "measurement",
+        )?;
+        self.recording = false;
+        let mut measurement = std::mem::take(&mut self.measurement);
+        measurement.elapsed = measured_from.elapsed();
+        measurement.commands = self.completed - completed_before;
+        Ok(measurement)
+    }
+
+    /// Runs until `count` more commands are applied at the proposer; returns how long that took.
+    /// The pipeline stays full, so back-to-back calls measure steady state (criterion's `iter_custom`).
+    pub fn run_commands(&mut self, count: u64) -> Result<Duration, LoopError> {
+        let target = self.completed + count;
+        let start = Instant::now();
+        self.run_until(|cluster| cluster.completed >= target, Some(start + FINISH_TIMEOUT), "run_commands")?;
+        Ok(start.elapsed())
+    }
+
+    /// Stops submitting, lets every outstanding command be applied, lets every
+    /// replica catch up, and checks the logs (see [`crate::check`]).
+    pub fn finish(&mut self) -> Result<(), LoopError> {
+        self.refill = false;
+        let deadline = Instant::now() + FINISH_TIMEOUT;
+        self.run_until(|cluster| cluster.outstanding == 0, Some(deadline), "draining")?;
+        let target = self.submitted.count;
+        // Followers learn the last decisions from the leader's next heartbeat: keep ticking.
+        for _ in 0..IDLE_TICKS_MAX {
+            if self.logs.iter().all(|log| log.count >= target) {
+                break;
+            }
+            for replica in &mut self.replicas {
+                replica.tick();
+            }
+            while self.round()? {
+                if Instant::now() >= deadline {
+                    return Err(LoopError::Stalled { outstanding: self.outstanding, what: "catch-up" });
+                }
+            }
+        }
+        check_agreement(&self.logs, &self.submitted)?;
+        Ok(())
+    }
+
+    /// What each replica applied so far.
+    pub fn logs(&self) -> &[AppliedLog] {
+        &self.logs
+    }
+
+    /// What the clients submitted so far.
+    pub fn submitted(&self) -> &Submitted {
+        &self.submitted
+    }
+
+    /// Commands applied at the proposer so far.
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+}
+
+/// Runs one configuration of the protocol alone: builds the cluster, warms up,
+/// measures for `window`, then drains and checks agreement.
+pub fn run(spec: &Spec, warm_up: Duration, window: Duration) -> Result<Measurement, LoopError> {
+    let mut cluster = LoopCluster::new(spec)?;
+    let measurement = cluster.run_for(warm_up, window)?;
+    cluster.finish()?;
+    Ok(measurement)
+}
