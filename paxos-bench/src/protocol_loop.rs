@@ -1,6 +1,6 @@
 //! The protocol alone: sans-IO replicas driven in one thread, messages passed in
-//! a `VecDeque`, no runtime, no serialization, storage as an in-memory
-//! [`DurableState`] per replica. What it measures is the cost of the protocol.
+//! a `VecDeque`, no runtime, no serialization, storage an in-memory log of
+//! ops per replica ([`MemoryLog`]). What it measures is the cost of the protocol.
 //!
 //! The load is a closed loop of `in_flight` clients: each has one command
 //! outstanding, and when the proposing replica applies it (it shows up in
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use paxos_core::{
     new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing,
-    ProposeError, Replica, Role, Slot,
+    ProposeError, Replica, Role, Slot, StorageOp,
 };
 
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
@@ -23,14 +23,71 @@ use crate::measure::Measurement;
 use crate::spec::{Spec, SpecError};
 
 /// Each replica compacts its log (an empty snapshot) after this many applied slots,
-/// so long runs keep memory bounded as a real deployment would.
-pub const COMPACT_EVERY_SLOTS: u64 = 65_536;
+/// or [`COMPACT_EVERY_COMMANDS`] applied commands, whichever comes first, so long
+/// runs keep memory bounded as a real deployment would.
+pub const COMPACT_EVERY_SLOTS: u64 = 16_384;
+/// See [`COMPACT_EVERY_SLOTS`]. Each snapshot copies every client's dedup window,
+/// so compacting much more often would cost more than the protocol itself.
+pub const COMPACT_EVERY_COMMANDS: u64 = 1 << 18;
 /// Most consecutive idle rounds (each one a tick of every replica) before a run gives up.
 pub const IDLE_TICKS_MAX: u64 = 10_000;
 /// Most wall-clock time `finish` spends draining and catching up.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most ticks spent electing a Multi-Paxos leader.
 pub const ELECTION_TICKS_MAX: u64 = 10_000;
+
+/// In-memory storage for the loop: an append-only log of ops on top of a
+/// checkpoint, the in-memory shape of a write-ahead log. Appending is a push (a
+/// value is an `Arc`, so no command is copied); a `Compact` op folds the log into
+/// the checkpoint, skipping ops of compacted slots, so memory stays bounded.
+/// [`MemoryLog::load`] gives the state a restart would recover.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog {
+    checkpoint: DurableState,
+    ops: Vec<StorageOp>,
+}
+
+fn op_slot(op: &StorageOp) -> Option<Slot> {
+    match op {
+        StorageOp::PromiseSlot { slot, .. } | StorageOp::Accept { slot, .. } | StorageOp::Chosen { slot, .. } => {
+            Some(*slot)
+        }
+        StorageOp::Promise(_) | StorageOp::Round(_) | StorageOp::Compact(_) => None,
+    }
+}
+
+impl MemoryLog {
+    /// Makes `ops` durable (in memory), in order.
+    pub fn append(&mut self, ops: &[StorageOp]) {
+        for op in ops {
+            if let StorageOp::Compact(snapshot) = op {
+                let through = snapshot.through_slot;
+                for earlier in self.ops.drain(..) {
+                    if op_slot(&earlier).is_none_or(|slot| slot > through) {
+                        self.checkpoint.apply(&earlier);
+                    }
+                }
+                self.checkpoint.apply(op);
+            } else {
+                self.ops.push(op.clone());
+            }
+        }
+    }
+
+    /// The state a replica would recover: the checkpoint with the log replayed.
+    pub fn load(&self) -> DurableState {
+        let mut state = self.checkpoint.clone();
+        for op in &self.ops {
+            state.apply(op);
+        }
+        state
+    }
+
+    /// Ops held since the last compaction.
+    pub fn ops_held(&self) -> usize {
+        self.ops.len()
+    }
+}
 
 /// Why a loop run stopped without figures.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +121,9 @@ pub enum LoopError {
 #[derive(Debug)]
 pub struct LoopCluster {
     replicas: Vec<Box<dyn Replica>>,
-    durable: Vec<DurableState>,
+    durable: Vec<MemoryLog>,
     compacted_through: Vec<Slot>,
+    compacted_commands: Vec<u64>,
     queue: VecDeque<(NodeId, Outgoing)>,
     actions: Actions,
     released: Vec<Outgoing>,
@@ -103,8 +161,9 @@ impl LoopCluster {
         }
         let now = Instant::now();
         let mut cluster = LoopCluster {
-            durable: vec![DurableState::default(); spec.replicas],
+            durable: vec![MemoryLog::default(); spec.replicas],
             compacted_through: vec![0; spec.replicas],
+            compacted_commands: vec![0; spec.replicas],
             queue: VecDeque::new(),
             actions: Actions::default(),
             released: Vec::new(),
@@ -192,9 +251,7 @@ impl LoopCluster {
             let durable = &mut self.durable[position];
             let written = actions.persist.persist_with_into(
                 |ops| {
-                    for op in ops {
-                        durable.apply(op);
-                    }
+                    durable.append(ops);
                     Ok::<(), Infallible>(())
                 },
                 &mut released,
@@ -253,10 +310,13 @@ impl LoopCluster {
     fn compact(&mut self) {
         for (position, replica) in self.replicas.iter_mut().enumerate() {
             let applied = replica.learner().applied_through();
-            if applied >= self.compacted_through[position] + COMPACT_EVERY_SLOTS
-                && replica.compact(applied, Vec::new()).is_ok()
-            {
+            let commands = self.logs[position].count;
+            let due = applied >= self.compacted_through[position] + COMPACT_EVERY_SLOTS
+                || (commands >= self.compacted_commands[position] + COMPACT_EVERY_COMMANDS
+                    && applied > self.compacted_through[position]);
+            if due && replica.compact(applied, Vec::new()).is_ok() {
                 self.compacted_through[position] = applied;
+                self.compacted_commands[position] = commands;
             }
         }
     }
@@ -357,6 +417,11 @@ impl LoopCluster {
         &self.logs
     }
 
+    /// Each replica's storage.
+    pub fn storage(&self) -> &[MemoryLog] {
+        &self.durable
+    }
+
     /// What the clients submitted so far.
     pub fn submitted(&self) -> &Submitted {
         &self.submitted
@@ -375,4 +440,38 @@ pub fn run(spec: &Spec, warm_up: Duration, window: Duration) -> Result<Measureme
     let measurement = cluster.run_for(warm_up, window)?;
     cluster.finish()?;
     Ok(measurement)
+}
+
+#[cfg(test)]
+mod tests {
+    use paxos_core::{Ballot, Command, Snapshot, Value};
+
+    use super::*;
+
+    fn accept(slot: Slot, round: u64) -> StorageOp {
+        let value = Value::Commands(vec![Command::new(1, slot, vec![slot as u8])].into());
+        StorageOp::Accept { slot, ballot: Ballot::new(round, 1), value }
+    }
+
+    #[test]
+    fn memory_log_recovers_what_applying_every_op_gives() {
+        let mut log = MemoryLog::default();
+        let mut direct = DurableState::default();
+        let mut ops = vec![StorageOp::Round(16), StorageOp::Promise(Ballot::new(3, 1))];
+        for slot in 1..=10 {
+            ops.push(accept(slot, 3));
+            ops.push(StorageOp::Chosen { slot, value: None });
+        }
+        ops.push(StorageOp::Compact(Snapshot { through_slot: 6, next_index: 6, dedup_through: 10, ..Snapshot::default() }));
+        ops.push(accept(11, 4));
+        ops.push(StorageOp::PromiseSlot { slot: 12, ballot: Ballot::new(5, 2) });
+        for chunk in ops.chunks(3) {
+            log.append(chunk);
+            for op in chunk {
+                direct.apply(op);
+            }
+        }
+        assert_eq!(log.load(), direct);
+        assert_eq!(log.ops_held(), 2, "the compaction folded everything before it");
+    }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod checks;
 
 #[derive(Parser)]
@@ -31,6 +32,9 @@ enum Task {
     Package,
     /// Runs every example of the `paxos` facade to completion.
     Examples,
+    /// Basic versus Multi-Paxos throughput, latency and memory: a table,
+    /// target/paxos-bench/report.json and report.svg; `--full` runs the criterion suite.
+    Bench(bench::BenchArgs),
 }
 
 pub(crate) fn cargo() -> Command {
@@ -58,5 +62,6 @@ fn main() -> Result<()> {
         Task::Doc => checks::doc(),
         Task::Package => checks::package(),
         Task::Examples => checks::examples(),
+        Task::Bench(args) => bench::bench(args),
     }
 }
