@@ -76,7 +76,11 @@ pub struct NodeCluster {
 
 impl std::fmt::Debug for NodeCluster {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("NodeCluster").field("nodes", &self.handles.len()).field("proposer", &self.proposer).finish()
+        formatter
+            .debug_struct("NodeCluster")
+            .field("nodes", &self.handles.len())
+            .field("proposer", &self.proposer)
+            .finish()
     }
 }
 
@@ -338,11 +342,8 @@ impl NodeCluster {
         let logs = runtime.block_on(async {
             let deadline = Instant::now() + SETTLE_TIMEOUT;
             loop {
-                let logs: Vec<AppliedLog> = self
-                    .logs
-                    .iter()
-                    .map(|log| *log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-                    .collect();
+                let logs: Vec<AppliedLog> =
+                    self.logs.iter().map(|log| *log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())).collect();
                 if logs.iter().all(|log| log.count >= submitted.count) || Instant::now() >= deadline {
                     return logs;
                 }

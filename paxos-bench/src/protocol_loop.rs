@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use paxos_core::{
-    new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing,
-    ProposeError, Replica, Role, Slot, StorageOp,
+    new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing, ProposeError,
+    Replica, Role, Slot, StorageOp,
 };
 
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
@@ -301,7 +301,7 @@ impl LoopCluster {
             }
             self.just_completed = completed;
         }
-        if self.rounds % 1024 == 0 {
+        if self.rounds.is_multiple_of(16) {
             self.compact();
         }
         Ok(progress)
@@ -344,7 +344,7 @@ impl LoopCluster {
                 }
             }
             checks = checks.wrapping_add(1);
-            if checks % 256 == 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if checks.is_multiple_of(256) && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(LoopError::Stalled { outstanding: self.outstanding, what });
             }
         }
@@ -366,7 +366,7 @@ impl LoopCluster {
         self.run_until(
             |_| {
                 rounds = rounds.wrapping_add(1);
-                rounds % 64 == 0 && Instant::now() >= end
+                rounds.is_multiple_of(64) && Instant::now() >= end
             },
             None,
             "measurement",
@@ -462,7 +462,12 @@ mod tests {
             ops.push(accept(slot, 3));
             ops.push(StorageOp::Chosen { slot, value: None });
         }
-        ops.push(StorageOp::Compact(Snapshot { through_slot: 6, next_index: 6, dedup_through: 10, ..Snapshot::default() }));
+        ops.push(StorageOp::Compact(Snapshot {
+            through_slot: 6,
+            next_index: 6,
+            dedup_through: 10,
+            ..Snapshot::default()
+        }));
         ops.push(accept(11, 4));
         ops.push(StorageOp::PromiseSlot { slot: 12, ballot: Ballot::new(5, 2) });
         for chunk in ops.chunks(3) {

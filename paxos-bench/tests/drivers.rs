@@ -93,8 +93,7 @@ fn node_cluster_logs_fail_the_check_when_tampered_with() {
     // Logs taken mid-run may trail; they still hold no command twice, and one forged entry breaks agreement.
     let mut forged = logs.clone();
     forged[0].record(logs[0].count, 1, CommandId { client: 77, sequence: 0 });
-    let mut submitted = paxos_bench::Submitted::default();
-    submitted.count = forged[0].count;
+    let submitted = paxos_bench::Submitted { count: forged[0].count, ..Default::default() };
     assert!(check_agreement(&forged, &submitted).is_err());
     cluster.finish().unwrap();
 }

@@ -58,7 +58,9 @@ fn target_dir() -> PathBuf {
 /// Runs the comparison or the criterion suite.
 pub fn bench(args: BenchArgs) -> Result<()> {
     if args.transports.iter().any(|transport| transport == "zmq") {
-        bail!("the zmq transport is not available yet (paxos-transport-zmq has not landed); choose loop, memory or tcp");
+        bail!(
+            "the zmq transport is not available yet (paxos-transport-zmq has not landed); choose loop, memory or tcp"
+        );
     }
     if args.full {
         let mut command = cargo();

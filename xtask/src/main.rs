@@ -34,7 +34,7 @@ enum Task {
     Examples,
     /// Basic versus Multi-Paxos throughput, latency and memory: a table,
     /// target/paxos-bench/report.json and report.svg; `--full` runs the criterion suite.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 pub(crate) fn cargo() -> Command {
@@ -62,6 +62,6 @@ fn main() -> Result<()> {
         Task::Doc => checks::doc(),
         Task::Package => checks::package(),
         Task::Examples => checks::examples(),
-        Task::Bench(args) => bench::bench(args),
+        Task::Bench(args) => bench::bench(*args),
     }
 }

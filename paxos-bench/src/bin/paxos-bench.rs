@@ -79,15 +79,7 @@ fn parse_protocol(text: &str) -> Result<ProtocolKind, String> {
 }
 
 fn spec(transport: TransportKind, storage: StorageKind, in_flight: usize, batch: bool) -> Spec {
-    Spec {
-        protocol: ProtocolKind::Basic,
-        transport,
-        storage,
-        replicas: 3,
-        command_bytes: 8,
-        in_flight,
-        batch,
-    }
+    Spec { protocol: ProtocolKind::Basic, transport, storage, replicas: 3, command_bytes: 8, in_flight, batch }
 }
 
 /// The default comparison: the protocol alone at the targets, then the
@@ -120,8 +112,11 @@ fn default_specs() -> Vec<Spec> {
 
 fn matrix(cli: &Cli) -> Result<Vec<Spec>> {
     let or = |given: &[u32], default: u32| if given.is_empty() { vec![default] } else { given.to_vec() };
-    let transports =
-        if cli.transports.is_empty() { vec![TransportKind::Loop, TransportKind::Memory] } else { cli.transports.clone() };
+    let transports = if cli.transports.is_empty() {
+        vec![TransportKind::Loop, TransportKind::Memory]
+    } else {
+        cli.transports.clone()
+    };
     let storages = if cli.storages.is_empty() { vec![StorageKind::Memory] } else { cli.storages.clone() };
     let replicas: Vec<u32> = or(&cli.replicas.iter().map(|value| u32::from(*value)).collect::<Vec<_>>(), 3);
     let batches = match cli.batch.unwrap_or(BatchChoice::On) {
@@ -181,7 +176,7 @@ fn run_child(spec: &Spec, cli: &Cli) -> Result<Record, String> {
         .map_err(|error| format!("cannot start the run: {error}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = stderr.lines().filter(|line| !line.trim().is_empty()).last().unwrap_or("no message").to_string();
+        let message = stderr.lines().rfind(|line| !line.trim().is_empty()).unwrap_or("no message").to_string();
         return Err(format!("run failed ({}): {message}", output.status));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
