@@ -18,6 +18,8 @@ pub struct Measurement {
     latencies_ns: Vec<u64>,
     /// Samples offered so far, kept or not.
     offered: u64,
+    /// Most samples kept (0 means [`LATENCY_SAMPLES_MAX`]).
+    samples_max: usize,
 }
 
 impl Measurement {
@@ -26,15 +28,22 @@ impl Measurement {
         Measurement::default()
     }
 
+    /// An empty measurement keeping at most `samples_max` latency samples (at
+    /// least 1, at most [`LATENCY_SAMPLES_MAX`]), for one of many client tasks.
+    pub fn with_samples_max(samples_max: usize) -> Measurement {
+        Measurement { samples_max: samples_max.clamp(1, LATENCY_SAMPLES_MAX), ..Measurement::default() }
+    }
+
     /// Records one commit latency.
     #[inline]
     pub fn record_latency(&mut self, latency: Duration) {
         let nanos = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
-        if self.latencies_ns.len() < LATENCY_SAMPLES_MAX {
+        let samples_max = if self.samples_max == 0 { LATENCY_SAMPLES_MAX } else { self.samples_max };
+        if self.latencies_ns.len() < samples_max {
             self.latencies_ns.push(nanos);
         } else {
             // Overwrite at a position that walks the buffer with a large odd stride.
-            let position = (self.offered.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 44) as usize % LATENCY_SAMPLES_MAX;
+            let position = (self.offered.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) as usize % samples_max;
             self.latencies_ns[position] = nanos;
         }
         self.offered += 1;
@@ -103,6 +112,16 @@ mod tests {
         assert_eq!(measurement.latency_percentile_us(50.0), 51.0);
         assert_eq!(measurement.latency_percentile_us(99.0), 99.0);
         assert_eq!(Measurement::new().latency_percentile_us(50.0), 0.0);
+    }
+
+    #[test]
+    fn samples_stay_bounded() {
+        let mut measurement = Measurement::with_samples_max(10);
+        for micros in 0..1000 {
+            measurement.record_latency(Duration::from_micros(micros));
+        }
+        assert_eq!(measurement.latency_samples(), 10);
+        assert!(measurement.latency_percentile_us(100.0) >= 9.0);
     }
 
     #[test]

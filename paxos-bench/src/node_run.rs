@@ -245,9 +245,11 @@ impl NodeCluster {
             let shared = self.shared.clone();
             let proposer = self.proposer;
             let payload = vec![0xA5u8; spec.command_bytes];
+            // Bound the clients' samples together, not each on its own.
+            let samples_max = crate::measure::LATENCY_SAMPLES_MAX / spec.in_flight;
             self.clients.push(self.runtime.spawn(async move {
                 let mut submitted = Submitted::default();
-                let mut measurement = Measurement::new();
+                let mut measurement = Measurement::with_samples_max(samples_max);
                 let mut target = proposer;
                 let mut sequence = 0;
                 while !shared.stop.load(Ordering::Relaxed) {
