@@ -170,7 +170,7 @@ pub fn svg(outcomes: &[Outcome], title: &str) -> String {
     } else {
         (low.log10().floor() as i32, (high.log10().ceil() as i32).max(low.log10().floor() as i32 + 1))
     };
-    let (left, top, plot_height, group_width, bar_width) = (80.0, 60.0, 360.0, 90.0, 30.0);
+    let (left, top, plot_height, group_width, bar_width) = (170.0, 60.0, 360.0, 90.0, 30.0);
     let label_space = 190.0;
     let plot_width = group_width * rows.len().max(1) as f64;
     let width = left + plot_width + 30.0;
