@@ -35,6 +35,9 @@ pub struct BasicPaxos {
     backoff_until: u64,
     /// Preemptions in a row without getting a value of ours chosen.
     preemptions: u32,
+    /// No slot below this one (and above the applied point) is free for a new
+    /// instance as far as this replica knows, so the search for one starts here.
+    free_from: Slot,
     /// When this replica first saw a hole below a chosen slot, if it still does.
     hole_seen_at: Option<u64>,
 }
@@ -48,16 +51,21 @@ impl BasicPaxos {
             queue: VecDeque::new(),
             backoff_until: 0,
             preemptions: 0,
+            free_from: 1,
             hole_seen_at: None,
         })
     }
 
     /// The lowest slot not known chosen, not being contended for by this replica, from `from` on.
-    fn free_slot(&self, from: Slot) -> Slot {
-        let mut slot = from.max(self.core.learner.applied_through() + 1);
+    /// The lowest slot not known chosen and not contended for by this replica,
+    /// from the `free_from` cursor on; moves the cursor there. Amortized O(1):
+    /// the cursor only moves back when an instance gives its slot up.
+    fn free_slot(&mut self) -> Slot {
+        let mut slot = self.free_from.max(self.core.learner.applied_through() + 1);
         while self.core.learner.chosen(slot).is_some() || self.instances.contains_key(&slot) {
             slot += 1;
         }
+        self.free_from = slot;
         slot
     }
 
@@ -76,7 +84,6 @@ impl BasicPaxos {
         if self.core.ticks < self.backoff_until {
             return;
         }
-        let mut slot = self.core.learner.applied_through() + 1;
         while !self.queue.is_empty() && (self.instances.len() as u64) < self.core.config.slots_in_flight_max {
             let mut batch = Vec::new();
             let mut bytes = 0;
@@ -89,7 +96,7 @@ impl BasicPaxos {
                 bytes += command.payload.len();
                 batch.push(self.queue.pop_front().expect("front exists"));
             }
-            slot = self.free_slot(slot);
+            let slot = self.free_slot();
             self.start_instance(slot, Value::Commands(Arc::from(batch)));
         }
     }
@@ -145,6 +152,8 @@ impl BasicPaxos {
         }
         let instance = self.instances.remove(&slot).expect("present above");
         self.requeue(instance.proposer.own_value());
+        // The slot is free again (unless someone else gets it chosen first).
+        self.free_from = self.free_from.min(slot);
         self.back_off();
     }
 

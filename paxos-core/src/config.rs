@@ -46,7 +46,9 @@ pub struct Config {
     pub pending_commands_max: usize,
     /// Most chosen values in one catch-up message.
     pub catch_up_slots_max: usize,
-    /// How many recent sequence numbers per client are remembered for deduplication.
+    /// How many recent sequence numbers per client are remembered for deduplication
+    /// (rounded up to a power of two, at least 64). A client should not have more
+    /// commands in flight than this; one older than the window counts as applied.
     pub dedup_window: u64,
     /// Largest randomized backoff, in ticks, after a Basic Paxos proposer is preempted.
     pub backoff_ticks_max: u64,
@@ -91,7 +93,7 @@ impl Config {
             accept_slots_per_message_max: 64,
             pending_commands_max: 1 << 20,
             catch_up_slots_max: 256,
-            dedup_window: 4096,
+            dedup_window: 256,
             backoff_ticks_max: 8,
         }
     }

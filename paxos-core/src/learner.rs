@@ -6,6 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use rustc_hash::FxHashMap;
+
 use crate::actions::Decided;
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Command, Value};
@@ -125,7 +127,10 @@ pub struct Learner {
     applied_through: Slot,
     next_index: u64,
     dedup_window: u64,
-    clients: HashMap<u64, ClientWindow>,
+    /// Looked up once per run of same-client commands on every replica: a fast
+    /// non-cryptographic hash, since client ids are not attacker-chosen keys here
+    /// (they come from chosen values, which only members propose).
+    clients: FxHashMap<u64, ClientWindow>,
     runs: VecDeque<AppliedRun>,
     duplicates: HashMap<Slot, Vec<u32>>,
     /// Slots up to this one take their duplicate positions from `preset`, not
@@ -143,7 +148,7 @@ impl Learner {
             applied_through: 0,
             next_index: 0,
             dedup_window,
-            clients: HashMap::new(),
+            clients: FxHashMap::default(),
             runs: VecDeque::new(),
             duplicates: HashMap::new(),
             preset_through: 0,
