@@ -182,7 +182,9 @@ impl Node {
             event_watchers: Vec::new(),
         };
         let handle = NodeHandle { node_id, requests, options };
-        Ok((handle, driver.run(inbox)))
+        // Every event the replica and driver log carries the node's id.
+        let span = tracing::info_span!("paxos_node", node = node_id);
+        Ok((handle, tracing::Instrument::instrument(driver.run(inbox), span)))
     }
 }
 
