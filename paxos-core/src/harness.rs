@@ -26,6 +26,43 @@ pub struct Faults {
     pub reorder: bool,
 }
 
+/// How storage behaves in the harness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageFaults {
+    /// Writes complete after a random delay of up to this many deliveries (0: at once).
+    /// A crash loses writes not yet complete, and the messages waiting for them.
+    pub write_delay_max: u64,
+    /// A planted bug, for proving checkers are not vacuous: release the messages
+    /// that wait for a write before the write completes (as a driver that ignored
+    /// `PersistThen` would). Never enable it otherwise.
+    pub reply_before_persist: bool,
+}
+
+/// Faults injected so far, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Messages lost to random loss.
+    pub lost: u64,
+    /// Messages lost to a partition.
+    pub partitioned: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages delivered out of order.
+    pub reordered: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Writes lost because a crash came before they completed.
+    pub writes_lost: u64,
+}
+
+/// A write in progress: completes at delivery `due`.
+struct PendingWrite {
+    due: u64,
+    ops: Vec<crate::storage::StorageOp>,
+    /// The messages waiting for the write; `None` if the planted bug already sent them.
+    persist: Option<crate::actions::PersistThen>,
+}
+
 /// An in-flight message.
 #[derive(Clone, Debug)]
 pub struct Envelope {
@@ -58,6 +95,11 @@ pub struct Cluster {
     pub delivered: u64,
     /// Messages dropped so far (loss, partition, or a crashed receiver).
     pub dropped: u64,
+    /// How storage behaves.
+    pub storage_faults: StorageFaults,
+    /// Faults injected so far.
+    pub fault_counts: FaultCounts,
+    pending_writes: Vec<VecDeque<PendingWrite>>,
 }
 
 impl Cluster {
@@ -98,6 +140,9 @@ impl Cluster {
             blocked: vec![vec![false; size]; size],
             delivered: 0,
             dropped: 0,
+            storage_faults: StorageFaults::default(),
+            fault_counts: FaultCounts::default(),
+            pending_writes: (0..size).map(|_| VecDeque::new()).collect(),
         };
         for node in 1..=size as NodeId {
             cluster.drain(node);
@@ -162,19 +207,34 @@ impl Cluster {
         let position = self.position(node);
         let Some(replica) = self.replicas[position].as_mut() else { return };
         let actions = replica.take_actions();
-        let durable = &mut self.durable[position];
         for outgoing in actions.send {
             self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
         }
-        let released = actions
-            .persist
-            .persist_with(|ops| {
-                ops.iter().for_each(|op| durable.apply(op));
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .expect("in-memory writes cannot fail");
-        for outgoing in released {
-            self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
+        if self.storage_faults.write_delay_max == 0 && self.pending_writes[position].is_empty() {
+            let durable = &mut self.durable[position];
+            let released = actions
+                .persist
+                .persist_with(|ops| {
+                    ops.iter().for_each(|op| durable.apply(op));
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .expect("in-memory writes cannot fail");
+            for outgoing in released {
+                self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
+            }
+        } else if !actions.persist.is_empty() {
+            // Writes complete in order, each after a random delay.
+            let drawn = self.delivered + self.rng.range_inclusive(0, self.storage_faults.write_delay_max);
+            let due = self.pending_writes[position].back().map_or(drawn, |last| last.due.max(drawn));
+            let ops = actions.persist.ops().to_vec();
+            let mut persist = Some(actions.persist);
+            if self.storage_faults.reply_before_persist {
+                let early = persist.take().expect("set above").persist_with(|_| Ok::<(), ()>(())).expect("no write");
+                for outgoing in early {
+                    self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
+                }
+            }
+            self.pending_writes[position].push_back(PendingWrite { due, ops, persist });
         }
         self.events[position].extend(actions.events);
         for decided in actions.decided {
@@ -189,23 +249,55 @@ impl Cluster {
         }
     }
 
+    /// Completes every delayed write that is due, releasing what waited for it.
+    fn complete_writes(&mut self, all: bool) {
+        for position in 0..self.pending_writes.len() {
+            while self.pending_writes[position].front().is_some_and(|write| all || write.due <= self.delivered) {
+                let write = self.pending_writes[position].pop_front().expect("checked");
+                write.ops.iter().for_each(|op| self.durable[position].apply(op));
+                let node = position as NodeId + 1;
+                if let Some(persist) = write.persist {
+                    let released = persist.persist_with(|_| Ok::<(), ()>(())).expect("already applied");
+                    for outgoing in released {
+                        self.network.push_back(Envelope { from: node, to: outgoing.to, message: outgoing.message });
+                    }
+                }
+            }
+        }
+    }
+
     /// Delivers one message, applying fault rates. Returns false if none was waiting.
     pub fn deliver_one(&mut self) -> bool {
+        self.complete_writes(false);
         let pick = if self.faults.reorder && self.network.len() > 1 {
             self.rng.range_inclusive(0, self.network.len() as u64 - 1) as usize
         } else {
             0
         };
-        let Some(envelope) = self.network.remove(pick) else { return false };
+        let Some(envelope) = self.network.remove(pick) else {
+            // Nothing in flight: let every write finish.
+            let pending = self.pending_writes.iter().any(|writes| !writes.is_empty());
+            self.complete_writes(true);
+            return pending;
+        };
+        if pick > 0 {
+            self.fault_counts.reordered += 1;
+        }
         let from = self.position(envelope.from);
         let to = self.position(envelope.to);
         let self_message = envelope.from == envelope.to;
-        if !self_message && (self.blocked[from][to] || self.rng.chance(self.faults.drop_per_million as u64, 1_000_000))
-        {
+        if !self_message && self.blocked[from][to] {
             self.dropped += 1;
+            self.fault_counts.partitioned += 1;
+            return true;
+        }
+        if !self_message && self.rng.chance(self.faults.drop_per_million as u64, 1_000_000) {
+            self.dropped += 1;
+            self.fault_counts.lost += 1;
             return true;
         }
         if !self_message && self.rng.chance(self.faults.duplicate_per_million as u64, 1_000_000) {
+            self.fault_counts.duplicated += 1;
             self.network.push_back(envelope.clone());
         }
         let Some(replica) = self.replicas[to].as_mut() else {
@@ -265,6 +357,10 @@ impl Cluster {
         let position = self.position(node);
         self.replicas[position] = None;
         self.network.retain(|envelope| envelope.to != node);
+        self.fault_counts.crashes += 1;
+        // Writes not yet complete are lost, with the messages waiting for them.
+        self.fault_counts.writes_lost += self.pending_writes[position].len() as u64;
+        self.pending_writes[position].clear();
     }
 
     /// Restarts `node` from what its storage holds.

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod checks;
+mod sim;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Automation for the Paxos workspace")]
@@ -32,6 +33,8 @@ enum Task {
     Package,
     /// Runs every example of the `paxos` facade to completion.
     Examples,
+    /// Deterministic simulation: `--seed S` replays one run, `--seeds N` soaks.
+    Sim(sim::SimArgs),
     /// Basic versus Multi-Paxos throughput, latency and memory: a table,
     /// target/paxos-bench/report.json and report.svg; `--full` runs the criterion suite.
     Bench(Box<bench::BenchArgs>),
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
         Task::Doc => checks::doc(),
         Task::Package => checks::package(),
         Task::Examples => checks::examples(),
+        Task::Sim(args) => sim::sim(args),
         Task::Bench(args) => bench::bench(*args),
     }
 }
