@@ -86,7 +86,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
             done += 1;
-            if total > 1 && (done % 20 == 0 || done == total) {
+            if total > 1 && (done.is_multiple_of(20) || done == total) {
                 let width = 40;
                 let filled = (done * width / total) as usize;
                 eprint!("\r[{}{}] {done}/{total} runs", "#".repeat(filled), ".".repeat(width as usize - filled));
