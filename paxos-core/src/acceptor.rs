@@ -152,6 +152,10 @@ impl Acceptor {
         // Paxos Made Simple §2.2 P1a: accept only if no higher promise was made.
         for offset in 0..values.len() as u64 {
             let promised = self.promised_for(first_slot + offset);
+            #[cfg(feature = "mutations")]
+            if crate::mutations::active(crate::mutations::Mutation::AcceptorIgnoresPromise) {
+                continue;
+            }
             if ballot < promised {
                 return Err(promised);
             }

@@ -45,6 +45,8 @@ pub mod learner;
 pub mod memory;
 pub mod message;
 mod multi;
+#[cfg(feature = "mutations")]
+pub mod mutations;
 pub mod node;
 pub mod proposer;
 mod replica;

@@ -57,6 +57,10 @@ impl PromiseTally {
     /// Seed 000's rule: the value of the highest-ballot accepted proposal reported
     /// for `slot`, or `own` if no promiser reported one.
     pub fn adopt(&self, slot: Slot, own: Value) -> Value {
+        #[cfg(feature = "mutations")]
+        if crate::mutations::active(crate::mutations::Mutation::ProposerSkipsAdoption) {
+            return own;
+        }
         match self.highest.get(&slot) {
             Some((_, value)) => value.clone(),
             None => own,
