@@ -1,0 +1,230 @@
+//! [`ZmqConfig`]: addresses, cluster identity, the optional secret and every limit, checked once by `validate`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use paxos_core::handshake::{HandshakeError, HandshakeRules, SECRET_BYTES_MIN};
+use paxos_core::wire::FRAME_BYTES_MAX_DEFAULT;
+use paxos_core::NodeId;
+
+/// The smallest `frame_bytes_max` accepted: room for a handshake message and a small Paxos message.
+pub const FRAME_BYTES_MAX_MIN: usize = 1024;
+
+/// The largest `frame_bytes_max` accepted (1 GiB): zeromq holds a whole message in memory.
+pub const FRAME_BYTES_MAX_LIMIT: usize = 1 << 30;
+
+/// Settings of one node's ZeroMQ transport.
+#[derive(Clone)]
+pub struct ZmqConfig {
+    /// This node's id; must be a member. Its DEALERs present the routing id `node:<id>`.
+    pub node_id: NodeId,
+    /// Shared by every node of one cluster; a peer with another id is refused.
+    pub cluster_id: u64,
+    /// Where the node's ROUTER is reachable (127.0.0.1 or another local address; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Every other member and the address its ROUTER listens on. This node's own
+    /// id may be present and is then ignored. The keys are the members the
+    /// handshake accepts.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// When set, every peer must prove it knows this secret (HMAC-SHA256
+    /// challenge-response, see [`paxos_core::handshake`]). At least 16 bytes;
+    /// give every member the same one.
+    pub secret: Option<Vec<u8>>,
+    /// The largest wire body sent or accepted. A ZeroMQ frame announcing more is
+    /// cut off at its header, before anything is allocated; a message that encodes
+    /// larger is dropped at the sender.
+    pub frame_bytes_max: usize,
+    /// Messages queued per peer while it is slow or down; when full the **oldest** is dropped.
+    pub queue_messages_max: usize,
+    /// Received messages waiting for `recv`; when full the ROUTER stops reading
+    /// (TCP flow control pushes back), so memory stays bounded.
+    pub inbox_messages_max: usize,
+    /// How many queued messages one DEALER hands to zeromq before checking for
+    /// replies and shutdown again.
+    pub send_batch_messages_max: usize,
+    /// Inbound connections open at once; more are closed at once.
+    pub inbound_connections_max: usize,
+    /// Time allowed to connect and finish the handshake.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay after a failure.
+    pub backoff_min: Duration,
+    /// Reconnect delays double up to this bound (each drawn with jitter in its upper half).
+    pub backoff_max: Duration,
+}
+
+impl fmt::Debug for ZmqConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ZmqConfig")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &self.cluster_id)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("queue_messages_max", &self.queue_messages_max)
+            .field("inbox_messages_max", &self.inbox_messages_max)
+            .field("send_batch_messages_max", &self.send_batch_messages_max)
+            .field("inbound_connections_max", &self.inbound_connections_max)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
+}
+
+/// Why a [`ZmqConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZmqConfigError {
+    /// A limit is outside its allowed range.
+    #[error("{field} = {value} is out of range: {expected}")]
+    OutOfRange {
+        /// The config field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// `backoff_min` is larger than `backoff_max`.
+    #[error("backoff_min ({min:?}) exceeds backoff_max ({max:?}); make the minimum the smaller")]
+    Backoff {
+        /// The minimum.
+        min: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+    /// The secret is too short.
+    #[error("secret of {length} bytes is too short; use at least {SECRET_BYTES_MIN} random bytes")]
+    WeakSecret {
+        /// Its length.
+        length: usize,
+    },
+}
+
+impl ZmqConfig {
+    /// A config with default limits for node `node_id` of cluster `cluster_id`.
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: u64,
+        listen: SocketAddr,
+        peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+    ) -> ZmqConfig {
+        ZmqConfig {
+            node_id,
+            cluster_id,
+            listen,
+            peers: peers.into_iter().collect(),
+            secret: None,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            queue_messages_max: 1024,
+            inbox_messages_max: 4096,
+            send_batch_messages_max: 64,
+            inbound_connections_max: 64,
+            handshake_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+
+    /// Checks every limit; the transport refuses to start otherwise.
+    pub fn validate(&self) -> Result<(), ZmqConfigError> {
+        fn range(
+            field: &'static str,
+            value: usize,
+            low: usize,
+            high: usize,
+            expected: &'static str,
+        ) -> Result<(), ZmqConfigError> {
+            if value < low || value > high {
+                return Err(ZmqConfigError::OutOfRange { field, value: value.to_string(), expected });
+            }
+            Ok(())
+        }
+        range(
+            "frame_bytes_max",
+            self.frame_bytes_max,
+            FRAME_BYTES_MAX_MIN,
+            FRAME_BYTES_MAX_LIMIT,
+            "between 1 KiB and 1 GiB",
+        )?;
+        range("queue_messages_max", self.queue_messages_max, 1, 1 << 20, "between 1 and 2^20")?;
+        range("inbox_messages_max", self.inbox_messages_max, 1, 1 << 20, "between 1 and 2^20")?;
+        range("send_batch_messages_max", self.send_batch_messages_max, 1, 4096, "between 1 and 4096")?;
+        range("inbound_connections_max", self.inbound_connections_max, 1, 65_536, "between 1 and 65,536")?;
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(600) {
+            return Err(ZmqConfigError::OutOfRange {
+                field: "handshake_timeout",
+                value: format!("{:?}", self.handshake_timeout),
+                expected: "between 1 ns and 10 minutes",
+            });
+        }
+        if self.backoff_min.is_zero() || self.backoff_max > Duration::from_secs(3600) {
+            return Err(ZmqConfigError::OutOfRange {
+                field: "backoff_min/backoff_max",
+                value: format!("{:?}/{:?}", self.backoff_min, self.backoff_max),
+                expected: "a non-zero minimum and a maximum of at most an hour",
+            });
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err(ZmqConfigError::Backoff { min: self.backoff_min, max: self.backoff_max });
+        }
+        self.rules().map(|_| ())
+    }
+
+    /// The handshake rules this config implies.
+    pub(crate) fn rules(&self) -> Result<HandshakeRules, ZmqConfigError> {
+        let members = self.peers.keys().copied().chain([self.node_id]);
+        let rules = HandshakeRules::new(self.cluster_id, self.node_id, members);
+        match &self.secret {
+            None => Ok(rules),
+            Some(secret) => rules.with_secret(secret).map_err(|error| match error {
+                HandshakeError::WeakSecret { length } => ZmqConfigError::WeakSecret { length },
+                _ => ZmqConfigError::WeakSecret { length: secret.len() },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ZmqConfig {
+        let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        ZmqConfig::new(1, 9, address, [(2, address)])
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_limit_is_named() {
+        let mut bad = config();
+        bad.frame_bytes_max = 10;
+        assert!(matches!(bad.validate(), Err(ZmqConfigError::OutOfRange { field: "frame_bytes_max", .. })));
+        let mut bad = config();
+        bad.queue_messages_max = 0;
+        assert!(matches!(bad.validate(), Err(ZmqConfigError::OutOfRange { field: "queue_messages_max", .. })));
+        let mut bad = config();
+        bad.handshake_timeout = Duration::ZERO;
+        assert!(matches!(bad.validate(), Err(ZmqConfigError::OutOfRange { field: "handshake_timeout", .. })));
+        let mut bad = config();
+        bad.backoff_min = Duration::from_secs(2);
+        assert!(matches!(bad.validate(), Err(ZmqConfigError::Backoff { .. })));
+        let mut bad = config();
+        bad.secret = Some(b"short".to_vec());
+        assert_eq!(bad.validate(), Err(ZmqConfigError::WeakSecret { length: 5 }));
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let mut with_secret = config();
+        with_secret.secret = Some(b"a very secret shared key".to_vec());
+        assert!(!format!("{with_secret:?}").contains("very secret"));
+    }
+}
