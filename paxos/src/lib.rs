@@ -9,6 +9,7 @@
 //! | `memory` (default) | [`storage::MemoryStorage`] |
 //! | `file` | `storage::FileStorage`, crash-safe, with group commit |
 //! | `tcp` | `transport::tcp::TcpTransport` (with `tokio` and/or `smol`) |
+//! | `zmq` | `transport::zmq::ZmqTransport` (with `tokio`) |
 //! | `tokio` | the tokio constructors of the network transports |
 //! | `smol` | the smol constructors of the network transports |
 //!
@@ -37,12 +38,23 @@ compile_error!(
     "the `tcp` feature needs a runtime: enable `tokio` or `smol` as well, e.g. features = [\"tcp\", \"tokio\"]"
 );
 
+#[cfg(all(feature = "zmq", not(feature = "tokio")))]
+compile_error!(
+    "the `zmq` feature runs on tokio only (the zeromq crate has no smol runtime): enable `tokio` as well, e.g. features = [\"zmq\", \"tokio\"]"
+);
+
 /// Transport backends, by feature. The in-memory transport is [`memory`].
 pub mod transport {
     /// TCP transport (feature `tcp`).
     #[cfg(feature = "tcp")]
     pub mod tcp {
         pub use paxos_transport_tcp::*;
+    }
+
+    /// ZeroMQ transport (feature `zmq`, on tokio).
+    #[cfg(feature = "zmq")]
+    pub mod zmq {
+        pub use paxos_transport_zmq::*;
     }
 }
 

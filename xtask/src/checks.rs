@@ -17,10 +17,13 @@ const BUILDS: &[&[&str]] = &[
     &["memory", "tcp", "tokio"],
     &["file"],
     &["file", "tcp", "smol"],
+    &["zmq", "tokio"],
+    &["memory", "file", "tcp", "zmq", "tokio", "smol"],
 ];
 
 /// Feature sets that cannot work, and the text their single compile error must contain.
-const REFUSED: &[(&[&str], &str)] = &[(&["tcp"], "needs a runtime")];
+const REFUSED: &[(&[&str], &str)] =
+    &[(&["tcp"], "needs a runtime"), (&["zmq"], "runs on tokio only"), (&["zmq", "smol"], "runs on tokio only")];
 
 /// Builds every documented feature combination of the facade, and checks that the
 /// impossible ones fail with a message that says what to pick instead.
