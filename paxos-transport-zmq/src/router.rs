@@ -66,7 +66,7 @@ impl Router {
     fn refuse(&self, identity: &[u8], what: &str, reason: &dyn std::fmt::Display) {
         if self.shared.warnings.allow() {
             tracing::warn!(
-                routing_id = %String::from_utf8_lossy(identity),
+                routing_id = %identity.escape_ascii(),
                 "refused {what} from a ZeroMQ peer: {reason}"
             );
         }
