@@ -186,6 +186,7 @@ fn bind(address: SocketAddr) -> Result<std::net::TcpListener, ZmqTransportError>
 impl ZmqTransport {
     /// Binds `config.listen` and starts on the current tokio runtime.
     pub async fn start(config: ZmqConfig) -> Result<ZmqTransport, ZmqTransportError> {
+        tokio::runtime::Handle::try_current().map_err(|error| ZmqTransportError::Runtime(error.to_string()))?;
         config.validate()?;
         let listener = bind(config.listen)?;
         ZmqTransport::start_on(config, listener).await
