@@ -41,15 +41,27 @@ async fn shutdown_restart_and_bounded_queues() {
 
     // Shutdown: a pending recv ends with Closed, sends are refused, the port is freed.
     let pending = {
-        let second = std::sync::Arc::new(second);
-        let waiter = second.clone();
-        let task = tokio::spawn(async move { waiter.recv().await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Poll a recv until it is genuinely pending on the inbox (a retried probe may
+        // still be queued from the first exchange: take it first); bounded.
+        let mut waiting = second.recv();
+        let mut pending = false;
+        for _ in 0..1_000 {
+            match futures::poll!(&mut waiting) {
+                std::task::Poll::Pending => {
+                    pending = true;
+                    break;
+                }
+                std::task::Poll::Ready(Ok(_leftover)) => waiting = second.recv(),
+                std::task::Poll::Ready(Err(error)) => panic!("recv failed before shutdown: {error}"),
+            }
+        }
+        assert!(pending, "the inbox never became empty");
         second.shutdown();
-        let result = tokio::time::timeout(Duration::from_secs(5), task).await.expect("recv returned").unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("recv returned");
         assert!(matches!(second.send(1, probe(0)), Err(ZmqTransportError::Closed)));
         result
     };
+    drop(second);
     assert!(matches!(pending, Err(ZmqTransportError::Closed)));
 
     // While node 2 is down node 1's queue to it stays bounded, dropping the oldest.
