@@ -5,6 +5,11 @@
 //! a random number of ticks from its own seeded PRNG before retrying with a higher
 //! ballot, which breaks the livelock of duelling proposers (seeds 000 and 002).
 //! A proposer whose slot was taken by another value retries in the next free slot.
+//!
+//! A replica runs at most `slots_in_flight_max` instances for its own commands at
+//! once: 1 by default, the textbook's one decision at a time (each value a batch of
+//! queued commands). A no-op instance that fills a hole runs on top of that limit,
+//! one at a time, so a hole is never left waiting for the limit.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -24,6 +29,8 @@ struct Instance {
     proposer: Proposer,
     sent_at: u64,
     retransmissions: u32,
+    /// A no-op instance filling a hole, outside the `slots_in_flight_max` limit.
+    hole_fill: bool,
 }
 
 /// A Basic Paxos replica: acceptor, learner, and a proposer per slot it contends for.
@@ -69,17 +76,18 @@ impl BasicPaxos {
         slot
     }
 
-    fn start_instance(&mut self, slot: Slot, value: Value) {
+    fn start_instance(&mut self, slot: Slot, value: Value, hole_fill: bool) {
         let above = self.core.acceptor.promised_for(slot);
         let ballot = self.core.next_ballot(above);
         let (proposer, prepare) = Proposer::start(slot, ballot, value, self.core.quorum);
         tracing::trace!(node = self.core.id(), slot, %ballot, "basic instance started");
-        self.instances.insert(slot, Instance { proposer, sent_at: self.core.ticks, retransmissions: 0 });
+        self.instances.insert(slot, Instance { proposer, sent_at: self.core.ticks, retransmissions: 0, hole_fill });
         // The ballot's round was just reserved: the prepare waits for that write.
         self.core.broadcast_after_persist(&prepare);
     }
 
-    /// Starts instances for queued commands while the pipeline has room.
+    /// Starts instances for queued commands while fewer than `slots_in_flight_max`
+    /// instances run (1 by default: one decision at a time).
     fn flush(&mut self) {
         if self.core.ticks < self.backoff_until {
             return;
@@ -97,7 +105,26 @@ impl BasicPaxos {
                 batch.push(self.queue.pop_front().expect("front exists"));
             }
             let slot = self.free_slot();
-            self.start_instance(slot, Value::Commands(Arc::from(batch)));
+            self.start_instance(slot, Value::Commands(Arc::from(batch)), false);
+        }
+    }
+
+    /// Drops the instances for slots this replica learned some other way (catch-up,
+    /// a snapshot): they hold a place under the limit for nothing. Their own
+    /// commands go back in the queue unless they were what got chosen.
+    fn retire_decided(&mut self) {
+        let applied = self.core.learner.applied_through();
+        let decided: Vec<Slot> = self
+            .instances
+            .keys()
+            .copied()
+            .filter(|slot| *slot <= applied || self.core.learner.chosen(*slot).is_some())
+            .collect();
+        for slot in decided {
+            let instance = self.instances.remove(&slot).expect("listed above");
+            if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
+                self.requeue(instance.proposer.own_value());
+            }
         }
     }
 
@@ -233,6 +260,7 @@ impl Replica for BasicPaxos {
             Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
             Message::CatchUp { first_slot, values } => {
                 self.core.on_catch_up(from, first_slot, values);
+                self.retire_decided();
                 self.flush();
             }
             Message::Commit { chosen_through, .. } => {
@@ -244,14 +272,9 @@ impl Replica for BasicPaxos {
                 self.core.request_catch_up(from);
             }
             Message::InstallSnapshot { snapshot } => {
-                let through = snapshot.through_slot;
                 if self.core.on_install_snapshot(from, snapshot) {
                     // Instances for slots the snapshot covers are decided: retry their values.
-                    let covered: Vec<Slot> = self.instances.range(..=through).map(|(slot, _)| *slot).collect();
-                    for slot in covered {
-                        let instance = self.instances.remove(&slot).expect("listed above");
-                        self.requeue(instance.proposer.own_value());
-                    }
+                    self.retire_decided();
                     self.flush();
                 }
             }
@@ -302,9 +325,16 @@ impl Replica for BasicPaxos {
             let jitter = self.core.rng.range_inclusive(0, timeout);
             let due_at = *self.hole_seen_at.get_or_insert(ticks + jitter);
             let hole = applied + 1;
-            if ticks >= due_at + timeout && !self.instances.contains_key(&hole) && ticks >= self.backoff_until {
+            // Outside the in-flight limit (so the limit never blocks a hole), but
+            // one fill at a time.
+            let filling = self.instances.values().any(|instance| instance.hole_fill);
+            if ticks >= due_at + timeout
+                && !self.instances.contains_key(&hole)
+                && !filling
+                && ticks >= self.backoff_until
+            {
                 tracing::debug!(node = self.core.id(), slot = hole, "filling a hole with a no-op");
-                self.start_instance(hole, Value::Noop);
+                self.start_instance(hole, Value::Noop, true);
                 self.hole_seen_at = Some(ticks + jitter);
             }
         } else {
@@ -353,7 +383,10 @@ impl Replica for BasicPaxos {
 
     fn check_invariants(&self) {
         self.core.check_invariants();
-        assert!(self.instances.len() as u64 <= self.core.config.slots_in_flight_max + 1);
+        // At most `slots_in_flight_max` instances for our commands, plus one hole fill.
+        let fills = self.instances.values().filter(|instance| instance.hole_fill).count() as u64;
+        assert!(fills <= 1, "more than one hole fill at a time");
+        assert!(self.instances.len() as u64 - fills <= self.core.config.slots_in_flight_max);
         for (slot, instance) in &self.instances {
             assert_eq!(*slot, instance.proposer.slot());
             assert_eq!(instance.proposer.ballot().node, self.core.id());
@@ -381,6 +414,33 @@ mod tests {
         let released = actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
         assert_eq!(released.len(), 3);
         assert!(released.iter().all(|o| matches!(o.message, Message::Prepare { scope: PrepareScope::Slot(1), .. })));
+    }
+
+    #[test]
+    fn one_instance_at_a_time_by_default_and_more_when_raised() {
+        let commands = || (1..=3).map(|sequence| Command::new(1, sequence, b"x".to_vec())).collect::<Vec<_>>();
+        let prepared_slots = |replica: &mut BasicPaxos| {
+            let released = replica.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+            let mut slots: Vec<Slot> = released
+                .iter()
+                .filter_map(|o| match o.message {
+                    Message::Prepare { scope: PrepareScope::Slot(slot), .. } => Some(slot),
+                    _ => None,
+                })
+                .collect();
+            slots.dedup();
+            slots
+        };
+        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Basic);
+        config.batch_commands_max = 1;
+        let mut textbook = BasicPaxos::new(config.clone(), &DurableState::default()).unwrap();
+        textbook.propose(commands()).unwrap();
+        assert_eq!(prepared_slots(&mut textbook), vec![1], "one decision at a time");
+        assert_eq!(textbook.status().queued_commands, 2);
+        config.slots_in_flight_max = 3;
+        let mut concurrent = BasicPaxos::new(config, &DurableState::default()).unwrap();
+        concurrent.propose(commands()).unwrap();
+        assert_eq!(prepared_slots(&mut concurrent), vec![1, 2, 3]);
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub struct Config {
     /// each further resend of the same message waits twice as long, up to 16 times this.
     pub retransmit_ticks: u64,
     /// Most slots a proposer may have proposed but not yet seen chosen (pipelining depth).
+    ///
+    /// Multi-Paxos: how many slots the leader pipelines (4096 by default).
+    /// Basic Paxos: how many single-decree instances of its own a replica runs at
+    /// once; 1 by default, the textbook (one decision at a time, each value a batch
+    /// of up to `batch_commands_max` queued commands). Raising it runs concurrent
+    /// instances in successive slots. A no-op instance that fills a hole may run
+    /// on top of these, one at a time.
     pub slots_in_flight_max: u64,
     /// Most commands in one slot (batching); `1` turns batching off.
     pub batch_commands_max: usize,
@@ -87,7 +94,11 @@ impl Config {
             election_timeout_ticks: 10,
             heartbeat_ticks: 2,
             retransmit_ticks: 3,
-            slots_in_flight_max: 4096,
+            // Basic Paxos decides one slot at a time; Multi-Paxos pipelines.
+            slots_in_flight_max: match protocol {
+                Protocol::Basic => 1,
+                Protocol::Multi => 4096,
+            },
             batch_commands_max: 1024,
             batch_bytes_max: 1 << 20,
             accept_slots_per_message_max: 64,
@@ -155,6 +166,12 @@ mod tests {
     #[test]
     fn defaults_validate() {
         assert_eq!(Config::new(1, [1, 2, 3], Protocol::Multi).validate(), Ok(()));
+    }
+
+    #[test]
+    fn basic_paxos_runs_one_instance_at_a_time_by_default() {
+        assert_eq!(Config::new(1, [1, 2, 3], Protocol::Basic).slots_in_flight_max, 1);
+        assert_eq!(Config::new(1, [1, 2, 3], Protocol::Multi).slots_in_flight_max, 4096);
     }
 
     #[test]
