@@ -1,5 +1,5 @@
 //! Through the async node: `paxos_core::Node`s over a transport (in-memory, TCP
-//! loopback) with a storage (in-memory, file), under a tokio runtime, loaded by
+//! loopback, ZeroMQ loopback) with a storage (in-memory, file), under a tokio runtime, loaded by
 //! `in_flight` concurrent clients that each `add` one command at a time.
 //!
 //! Each client measures its commands' commit latency (from `add` to its answer:
@@ -131,6 +131,25 @@ async fn start_with_storage<T: Transport + 'static>(
     }
 }
 
+/// One listener per member on a free 127.0.0.1 port (kept bound, so nothing else
+/// takes it before the transport starts), and the peer map they make.
+#[cfg(any(feature = "tcp", feature = "zmq"))]
+#[allow(clippy::type_complexity)]
+fn loopback_listeners(
+    members: &[NodeId],
+) -> Result<(Vec<std::net::TcpListener>, Vec<(NodeId, std::net::SocketAddr)>), NodeRunError> {
+    let mut listeners = Vec::new();
+    let mut peers = Vec::new();
+    for id in members {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|error| NodeRunError::Setup(format!("bind 127.0.0.1: {error}")))?;
+        let address = listener.local_addr().map_err(|error| NodeRunError::Setup(format!("local address: {error}")))?;
+        listeners.push(listener);
+        peers.push((*id, address));
+    }
+    Ok((listeners, peers))
+}
+
 impl NodeCluster {
     /// Starts the nodes, waits for a leader (Multi-Paxos), subscribes to every
     /// node's log and starts `spec.in_flight` clients.
@@ -164,23 +183,32 @@ impl NodeCluster {
                 }
                 #[cfg(feature = "tcp")]
                 TransportKind::Tcp => {
-                    let mut listeners = Vec::new();
-                    for _ in &members {
-                        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-                            .map_err(|error| NodeRunError::Setup(format!("bind 127.0.0.1: {error}")))?;
+                    let (listeners, peers) = loopback_listeners(&members)?;
+                    for (config, listener) in configs.into_iter().zip(listeners) {
                         let address = listener
                             .local_addr()
                             .map_err(|error| NodeRunError::Setup(format!("local address: {error}")))?;
-                        listeners.push((listener, address));
-                    }
-                    let peers: Vec<(NodeId, std::net::SocketAddr)> =
-                        members.iter().zip(&listeners).map(|(id, (_, address))| (*id, *address)).collect();
-                    for (config, (listener, address)) in configs.into_iter().zip(listeners) {
                         let mut tcp = paxos_transport_tcp::TcpConfig::new(config.node_id, 7, address, peers.clone());
                         tcp.queue_messages_max = 65_536;
                         tcp.inbox_messages_max = 65_536;
                         let transport = paxos_transport_tcp::TcpTransport::start_tokio_on(tcp, listener)
                             .map_err(|error| NodeRunError::Setup(format!("tcp transport: {error}")))?;
+                        started.push(start_with_storage(spec.storage, config, transport, &mut directories).await?);
+                    }
+                }
+                #[cfg(feature = "zmq")]
+                TransportKind::Zmq => {
+                    let (listeners, peers) = loopback_listeners(&members)?;
+                    for (config, listener) in configs.into_iter().zip(listeners) {
+                        let address = listener
+                            .local_addr()
+                            .map_err(|error| NodeRunError::Setup(format!("local address: {error}")))?;
+                        let mut zmq = paxos_transport_zmq::ZmqConfig::new(config.node_id, 7, address, peers.clone());
+                        zmq.queue_messages_max = 65_536;
+                        zmq.inbox_messages_max = 65_536;
+                        let transport = paxos_transport_zmq::ZmqTransport::start_on(zmq, listener)
+                            .await
+                            .map_err(|error| NodeRunError::Setup(format!("zmq transport: {error}")))?;
                         started.push(start_with_storage(spec.storage, config, transport, &mut directories).await?);
                     }
                 }

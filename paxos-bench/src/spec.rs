@@ -17,7 +17,7 @@ pub enum TransportKind {
     Memory,
     /// `paxos_core::Node`s over TCP loopback (feature `tcp`).
     Tcp,
-    /// `paxos_core::Node`s over ZeroMQ loopback (not available yet: `paxos-transport-zmq` has not landed).
+    /// `paxos_core::Node`s over ZeroMQ loopback (feature `zmq`).
     Zmq,
 }
 
@@ -135,9 +135,6 @@ pub enum SpecError {
         /// The feature that adds it.
         feature: &'static str,
     },
-    /// The backend does not exist yet.
-    #[error("{0} is not available: its crate has not landed yet")]
-    Unavailable(&'static str),
     /// The protocol-alone loop keeps state in memory only.
     #[error("the loop transport measures the protocol alone with in-memory storage; use --storage memory")]
     LoopNeedsMemory,
@@ -162,8 +159,8 @@ impl Spec {
         if self.transport == TransportKind::Tcp && !cfg!(feature = "tcp") {
             return Err(SpecError::NotCompiled { backend: "the tcp transport", feature: "tcp" });
         }
-        if self.transport == TransportKind::Zmq {
-            return Err(SpecError::Unavailable("the zmq transport"));
+        if self.transport == TransportKind::Zmq && !cfg!(feature = "zmq") {
+            return Err(SpecError::NotCompiled { backend: "the zmq transport", feature: "zmq" });
         }
         if self.storage == StorageKind::File && !cfg!(feature = "file") {
             return Err(SpecError::NotCompiled { backend: "file storage", feature: "file" });

@@ -111,10 +111,21 @@ fn node_on_file_storage_applies_everything_everywhere() {
     node_cluster_round(&spec(ProtocolKind::Multi, TransportKind::Memory, StorageKind::File, 4));
 }
 
+#[cfg(feature = "zmq")]
+#[test]
+fn node_over_zmq_loopback_applies_everything_everywhere() {
+    node_cluster_round(&spec(ProtocolKind::Multi, TransportKind::Zmq, StorageKind::Memory, 4));
+    node_cluster_round(&spec(ProtocolKind::Basic, TransportKind::Zmq, StorageKind::Memory, 4));
+}
+
 #[test]
 fn unavailable_backends_are_refused_with_a_reason() {
     let zmq = spec(ProtocolKind::Multi, TransportKind::Zmq, StorageKind::Memory, 1);
-    assert!(zmq.validate().unwrap_err().to_string().contains("not available"));
+    if cfg!(feature = "zmq") {
+        assert_eq!(zmq.validate(), Ok(()));
+    } else {
+        assert!(zmq.validate().unwrap_err().to_string().contains("--features zmq"));
+    }
     let loop_file = spec(ProtocolKind::Multi, TransportKind::Loop, StorageKind::File, 1);
     assert!(loop_file.validate().unwrap_err().to_string().contains("--storage memory"));
     let none = Spec { in_flight: 0, ..spec(ProtocolKind::Multi, TransportKind::Loop, StorageKind::Memory, 1) };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::{cargo, run};
@@ -57,11 +57,6 @@ fn target_dir() -> PathBuf {
 
 /// Runs the comparison or the criterion suite.
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.transports.iter().any(|transport| transport == "zmq") {
-        bail!(
-            "the zmq transport is not available yet (paxos-transport-zmq has not landed); choose loop, memory or tcp"
-        );
-    }
     if args.full {
         let mut command = cargo();
         command.current_dir(workspace_root()).args(["bench", "-p", "paxos-bench"]);

@@ -86,7 +86,7 @@ fn spec(transport: TransportKind, storage: StorageKind, in_flight: usize, batch:
 /// async node over each compiled-in transport and storage, 1 and 1024 in flight.
 fn default_specs() -> Vec<Spec> {
     use StorageKind::{File, Memory};
-    use TransportKind::{Loop, Tcp};
+    use TransportKind::{Loop, Tcp, Zmq};
     let mut specs = vec![
         spec(Loop, Memory, 1, true),
         spec(Loop, Memory, 1024, false),
@@ -106,6 +106,10 @@ fn default_specs() -> Vec<Spec> {
     } else if cfg!(feature = "file") {
         specs.push(spec(TransportKind::Memory, File, 1, true));
         specs.push(spec(TransportKind::Memory, File, 1024, true));
+    }
+    if cfg!(feature = "zmq") {
+        specs.push(spec(Zmq, Memory, 1, true));
+        specs.push(spec(Zmq, Memory, 1024, true));
     }
     specs
 }
@@ -176,7 +180,14 @@ fn run_child(spec: &Spec, cli: &Cli) -> Result<Record, String> {
         .map_err(|error| format!("cannot start the run: {error}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = stderr.lines().rfind(|line| !line.trim().is_empty()).unwrap_or("no message").to_string();
+        // The error line, not the last line of a backtrace (RUST_BACKTRACE may be set);
+        // a panic's message is on the line after its location.
+        let lines: Vec<&str> = stderr.lines().collect();
+        let message = match lines.iter().position(|line| line.starts_with("Error:") || line.contains("panicked at")) {
+            Some(at) if lines[at].contains("panicked at") => lines[at..lines.len().min(at + 2)].join(" "),
+            Some(at) => lines[at].to_string(),
+            None => lines.iter().rfind(|line| !line.trim().is_empty()).unwrap_or(&"no message").to_string(),
+        };
         return Err(format!("run failed ({}): {message}", output.status));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
