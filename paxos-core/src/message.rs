@@ -41,13 +41,31 @@ impl Command {
 /// What a slot holds once chosen: a batch of commands, or a no-op that fills a hole.
 ///
 /// Batches sit behind an `Arc`, so passing a value to several peers or keeping it
-/// in both the acceptor and the learner never copies the commands.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// in both the acceptor and the learner never copies the commands, and comparing
+/// two handles on the same batch does not read the commands either.
+#[derive(Clone, Debug, Eq, Serialize, Deserialize)]
 pub enum Value {
     /// Fills a hole left by a failed leader (seed 004: "(17, EMPTY)").
     Noop,
     /// One or more client commands, chosen together.
     Commands(Arc<[Command]>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Noop, Value::Noop) => true,
+            (Value::Commands(ours), Value::Commands(theirs)) => Arc::ptr_eq(ours, theirs) || ours == theirs,
+            _ => false,
+        }
+    }
+}
+
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        self.commands().hash(state);
+    }
 }
 
 impl Value {

@@ -8,7 +8,6 @@
 //! sends only accepts. The commit point rides on accepts and heartbeats.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use crate::acceptor::Acceptor;
 use crate::actions::{Actions, Event};
@@ -224,10 +223,14 @@ impl MultiPaxos {
         let chunk = self.core.config.accept_slots_per_message_max;
         let mut first = first_slot;
         let mut values = values;
+        let leader = self.core.id();
         while !values.is_empty() {
             let rest = values.split_off(chunk.min(values.len()));
             let count = values.len() as u64;
-            self.core.broadcast(&Message::Accept { ballot, first_slot: first, values, chosen_through });
+            // The leader's own acceptor takes the accept here rather than through
+            // the network: the same write, and its vote leaves only once durable.
+            self.core.reply_to_accept(leader, ballot, first, &values, true);
+            self.core.send_to_peers(Message::Accept { ballot, first_slot: first, values, chosen_through });
             first += count;
             values = rest;
         }
@@ -241,19 +244,20 @@ impl MultiPaxos {
         let room = self.core.config.slots_in_flight_max.saturating_sub(leadership.next_slot - window_start);
         let batch_commands_max = self.core.config.batch_commands_max;
         let batch_bytes_max = self.core.config.batch_bytes_max;
-        let mut values = Vec::new();
+        let mut values = Vec::with_capacity(self.queue.len().min(room as usize));
         while !self.queue.is_empty() && (values.len() as u64) < room {
-            let mut batch = Vec::with_capacity(batch_commands_max.min(self.queue.len()));
+            let mut count = 0;
             let mut bytes = 0;
-            while let Some(command) = self.queue.front() {
-                let full = batch.len() >= batch_commands_max || (bytes + command.payload.len() > batch_bytes_max);
-                if full && !batch.is_empty() {
+            for command in &self.queue {
+                let full = count >= batch_commands_max || (bytes + command.payload.len() > batch_bytes_max);
+                if full && count > 0 {
                     break;
                 }
                 bytes += command.payload.len();
-                batch.push(self.queue.pop_front().expect("front exists"));
+                count += 1;
             }
-            values.push(Value::Commands(Arc::from(batch)));
+            // Collected straight into the shared slice: one allocation, one move per command.
+            values.push(Value::Commands(self.queue.drain(..count).collect()));
         }
         self.propose_values(values);
     }
@@ -302,19 +306,15 @@ impl MultiPaxos {
         let position = voter.trailing_zeros() as usize;
         let last = first_slot + count.saturating_sub(1);
         leadership.accepted_through[position] = leadership.accepted_through[position].max(last);
-        let mut chosen = Vec::new();
         for slot in first_slot..first_slot + count {
             if slot >= leadership.next_slot {
                 break;
             }
             if leadership.votes.record(slot, ballot, voter) == self.core.quorum {
                 if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
-                    chosen.push((slot, value));
+                    self.core.learn(slot, value);
                 }
             }
-        }
-        for (slot, value) in chosen {
-            self.core.learn(slot, value);
         }
         self.core.apply();
         let applied = self.core.learner.applied_through();
@@ -615,7 +615,7 @@ mod tests {
     }
 
     fn value(text: &str) -> Value {
-        Value::Commands(Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
+        Value::Commands(std::sync::Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
     }
 
     #[test]

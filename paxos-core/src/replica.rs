@@ -220,25 +220,38 @@ impl Core {
 
     /// Sends `message` to every member, this one included.
     pub fn broadcast(&mut self, message: &Message) {
-        for member in self.config.members.clone() {
-            self.actions.send(member, message.clone());
+        for member in &self.config.members {
+            self.actions.send(*member, message.clone());
         }
     }
 
     /// Sends `message` to every member, this one included, once the pending writes are durable.
     pub fn broadcast_after_persist(&mut self, message: &Message) {
-        for member in self.config.members.clone() {
-            self.actions.persist.push_message(member, message.clone());
+        for member in &self.config.members {
+            self.actions.persist.push_message(*member, message.clone());
         }
     }
 
     /// Sends `message` to every member but this one.
     pub fn broadcast_to_peers(&mut self, message: &Message) {
-        for member in self.config.members.clone() {
-            if member != self.id() {
-                self.actions.send(member, message.clone());
+        for member in &self.config.members {
+            if *member != self.config.node_id {
+                self.actions.send(*member, message.clone());
             }
         }
+    }
+
+    /// Like [`Core::broadcast_to_peers`], but hands the message itself to the
+    /// last peer, so `n` peers cost `n - 1` copies.
+    pub fn send_to_peers(&mut self, message: Message) {
+        let id = self.id();
+        let Some(last) = self.config.members.iter().rposition(|member| *member != id) else { return };
+        for member in &self.config.members[..last] {
+            if *member != id {
+                self.actions.send(*member, message.clone());
+            }
+        }
+        self.actions.send(self.config.members[last], message);
     }
 
     /// Phase 1b for either protocol. Returns whether a promise was given.

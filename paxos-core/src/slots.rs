@@ -45,7 +45,10 @@ impl<T: Default> SlotMap<T> {
             return None;
         }
         let position = (slot - self.first) as usize;
-        if position >= self.entries.len() {
+        if position == self.entries.len() {
+            // The common case on the hot path: the log grows by one slot.
+            self.entries.push_back(T::default());
+        } else if position > self.entries.len() {
             self.entries.resize_with(position + 1, T::default);
         }
         self.entries.get_mut(position)
