@@ -235,7 +235,9 @@ impl LoopCluster {
         self.rounds += 1;
         let mut progress = false;
         if !self.ready.is_empty() {
-            let commands = std::mem::take(&mut self.ready);
+            // The replica takes the vector; the next round's commands get one of the same size.
+            let capacity = self.ready.len();
+            let commands = std::mem::replace(&mut self.ready, Vec::with_capacity(capacity));
             self.replicas[self.proposer].propose(commands)?;
             progress = true;
         }
