@@ -8,8 +8,15 @@
 //!
 //! A replica runs at most `slots_in_flight_max` instances for its own commands at
 //! once: 1 by default, the textbook's one decision at a time (each value a batch of
-//! queued commands). A no-op instance that fills a hole runs on top of that limit,
+//! queued commands). An instance that fills a hole runs on top of that limit,
 //! one at a time, so a hole is never left waiting for the limit.
+//!
+//! A slot this replica's acceptor accepted a value in, above the applied point,
+//! counts as a hole too: if nothing is learned for a timeout, the replica runs an
+//! instance there proposing the value it accepted (a no-op where it accepted
+//! nothing); value adoption makes it choose whatever may already be chosen. So a
+//! value accepted by a majority just before every replica crashed is learned after
+//! they restart, with no new command to push an instance into its slot.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -29,7 +36,8 @@ struct Instance {
     proposer: Proposer,
     sent_at: u64,
     retransmissions: u32,
-    /// A no-op instance filling a hole, outside the `slots_in_flight_max` limit.
+    /// An instance filling a hole (a no-op, or the value our acceptor accepted
+    /// there), outside the `slots_in_flight_max` limit.
     hole_fill: bool,
 }
 
@@ -47,11 +55,20 @@ pub struct BasicPaxos {
     free_from: Slot,
     /// When this replica first saw a hole below a chosen slot, if it still does.
     hole_seen_at: Option<u64>,
+    /// The applied point when `hole_seen_at` was set: the hole timer restarts
+    /// whenever the applied point moves, so only a stall triggers a fill.
+    hole_applied: Slot,
+    /// The highest slot this replica's acceptor accepted a value in (0: none).
+    /// Above the applied point it is a slot that may hold a chosen value nobody
+    /// has learned, so hole detection treats it like a known chosen slot.
+    accepted_through: Slot,
 }
 
 impl BasicPaxos {
     /// A replica restored from `durable` (empty for a new node).
     pub fn new(config: Config, durable: &DurableState) -> Result<BasicPaxos, ConfigError> {
+        let accepted_through =
+            durable.slots.iter().rev().find(|(_, state)| state.accepted.is_some()).map_or(0, |(slot, _)| *slot);
         Ok(BasicPaxos {
             core: Core::new(config, durable)?,
             instances: BTreeMap::new(),
@@ -60,6 +77,8 @@ impl BasicPaxos {
             preemptions: 0,
             free_from: 1,
             hole_seen_at: None,
+            hole_applied: 0,
+            accepted_through,
         })
     }
 
@@ -123,14 +142,19 @@ impl BasicPaxos {
         for slot in decided {
             let instance = self.instances.remove(&slot).expect("listed above");
             if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
-                self.requeue(instance.proposer.own_value());
+                self.requeue(&instance);
             }
         }
     }
 
     /// Puts an instance's own commands back at the head of the queue, to retry in another slot.
-    fn requeue(&mut self, value: &Value) {
-        for command in value.commands().iter().rev() {
+    /// A hole fill's value is not ours (a no-op, or what our acceptor accepted
+    /// from another proposer, whose client retries): it is never requeued.
+    fn requeue(&mut self, instance: &Instance) {
+        if instance.hole_fill {
+            return;
+        }
+        for command in instance.proposer.own_value().commands().iter().rev() {
             self.queue.push_front(command.clone());
         }
     }
@@ -154,7 +178,7 @@ impl BasicPaxos {
             self.preemptions = 0;
         } else {
             // Our slot went to an earlier proposal (value adoption); ours waits for another.
-            self.requeue(instance.proposer.own_value());
+            self.requeue(&instance);
         }
         self.core.learn(slot, outcome.value.clone());
         self.core.broadcast_to_peers(&Message::Chosen { slot, value: outcome.value });
@@ -178,7 +202,7 @@ impl BasicPaxos {
             return;
         }
         let instance = self.instances.remove(&slot).expect("present above");
-        self.requeue(instance.proposer.own_value());
+        self.requeue(&instance);
         // The slot is free again (unless someone else gets it chosen first).
         self.free_from = self.free_from.min(slot);
         self.back_off();
@@ -201,7 +225,7 @@ impl BasicPaxos {
         if let Some(instance) = self.instances.remove(&slot) {
             // Somebody else decided this slot; retry our value elsewhere, unless it won.
             if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
-                self.requeue(instance.proposer.own_value());
+                self.requeue(&instance);
             }
         }
         self.core.apply();
@@ -248,7 +272,10 @@ impl Replica for BasicPaxos {
             }
             Message::Promise { .. } => {}
             Message::Accept { ballot, first_slot, values, .. } => {
-                self.core.reply_to_accept(from, ballot, first_slot, &values, false);
+                if self.core.reply_to_accept(from, ballot, first_slot, &values, false) && !values.is_empty() {
+                    let last = first_slot + values.len() as u64 - 1;
+                    self.accepted_through = self.accepted_through.max(last);
+                }
             }
             Message::Accepted { ballot, first_slot, count } => {
                 for slot in first_slot..first_slot + count {
@@ -312,18 +339,32 @@ impl Replica for BasicPaxos {
         }
         // A hole below a chosen slot: ask a peer, and if that does not fill it,
         // run an instance with a no-op there (seed 004), which either chooses the
-        // no-op or learns the value already chosen.
+        // no-op or learns the value already chosen. A value our acceptor accepted
+        // above the applied point marks a hole the same way: it may be chosen
+        // with nobody knowing (every replica crashed before learning it), and
+        // no new command may ever come to run an instance there.
         let applied = self.core.learner.applied_through();
-        let has_hole = self.core.learner.chosen_end() > applied + 1 || self.core.known_chosen_through > applied;
+        let has_hole = self.core.learner.chosen_end() > applied + 1
+            || self.core.known_chosen_through > applied
+            || self.accepted_through > applied;
+        if has_hole && self.hole_applied != applied {
+            // Progress since the timer started: it measures a stall, not a busy log.
+            self.hole_seen_at = None;
+        }
+        self.hole_applied = applied;
         if has_hole {
-            if let Some(peer) = self.any_peer() {
-                self.core.request_catch_up(peer);
+            if self.core.known_chosen_through > applied {
+                if let Some(peer) = self.any_peer() {
+                    self.core.request_catch_up(peer);
+                }
             }
             // Each replica waits its own random delay, so they do not all fill
             // the same hole at the same moment and duel over it.
             let timeout = self.core.config.election_timeout_ticks;
-            let jitter = self.core.rng.range_inclusive(0, timeout);
-            let due_at = *self.hole_seen_at.get_or_insert(ticks + jitter);
+            let due_at = match self.hole_seen_at {
+                Some(due_at) => due_at,
+                None => *self.hole_seen_at.insert(ticks + self.core.rng.range_inclusive(0, timeout)),
+            };
             let hole = applied + 1;
             // Outside the in-flight limit (so the limit never blocks a hole), but
             // one fill at a time.
@@ -333,9 +374,16 @@ impl Replica for BasicPaxos {
                 && !filling
                 && ticks >= self.backoff_until
             {
-                tracing::debug!(node = self.core.id(), slot = hole, "filling a hole with a no-op");
-                self.start_instance(hole, Value::Noop, true);
-                self.hole_seen_at = Some(ticks + jitter);
+                tracing::debug!(
+                    node = self.core.id(),
+                    slot = hole,
+                    "filling a hole with the value accepted there, else a no-op"
+                );
+                // Propose what our acceptor accepted there, if anything: adoption
+                // overrides it with a higher-ballot value a quorum reports.
+                let value = self.core.acceptor.accepted(hole).map_or(Value::Noop, |(_, value)| value.clone());
+                self.start_instance(hole, value, true);
+                self.hole_seen_at = Some(ticks + self.core.rng.range_inclusive(0, timeout));
             }
         } else {
             self.hole_seen_at = None;

@@ -40,7 +40,7 @@ pub struct Config {
     /// Basic Paxos: how many single-decree instances of its own a replica runs at
     /// once; 1 by default, the textbook (one decision at a time, each value a batch
     /// of up to `batch_commands_max` queued commands). Raising it runs concurrent
-    /// instances in successive slots. A no-op instance that fills a hole may run
+    /// instances in successive slots. An instance that fills a hole may run
     /// on top of these, one at a time.
     pub slots_in_flight_max: u64,
     /// Most commands in one slot (batching); `1` turns batching off.
