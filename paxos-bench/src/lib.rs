@@ -43,6 +43,14 @@ pub mod spec;
 
 use std::time::Duration;
 
+/// With feature `mimalloc` (on by default), every binary built on this crate (the
+/// `paxos-bench` command, the criterion benches, the examples) allocates with
+/// mimalloc, as many production services do. Build with `--no-default-features`
+/// plus the backends you want to measure with the system allocator instead.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use check::{check_agreement, AgreementError, AppliedLog, Submitted};
 pub use measure::{peak_rss_bytes, Measurement};
 pub use spec::{ProtocolKind, Record, Spec, SpecError, StorageKind, TransportKind};
