@@ -247,10 +247,12 @@ impl LoopCluster {
             self.replicas[(outgoing.to - 1) as usize].on_message(from, outgoing.message);
         }
         progress |= deliveries > 0;
-        let mut actions = std::mem::take(&mut self.actions);
-        let mut released = std::mem::take(&mut self.released);
+        // Fields are borrowed one by one (no `self` method calls here), so the
+        // action buffers are used in place and keep their allocations.
+        let actions = &mut self.actions;
+        let released = &mut self.released;
         for position in 0..self.replicas.len() {
-            self.replicas[position].drain_actions_into(&mut actions);
+            self.replicas[position].drain_actions_into(actions);
             if actions.is_empty() {
                 continue;
             }
@@ -265,7 +267,7 @@ impl LoopCluster {
                     durable.append(ops);
                     Ok::<(), Infallible>(())
                 },
-                &mut released,
+                released,
             );
             match written {
                 Ok(()) => {}
@@ -294,8 +296,6 @@ impl LoopCluster {
             }
             actions.clear();
         }
-        self.actions = actions;
-        self.released = released;
         if !self.just_completed.is_empty() {
             let now = if self.recording || self.refill { Instant::now() } else { self.started };
             let mut completed = std::mem::take(&mut self.just_completed);
