@@ -1,9 +1,12 @@
 //! Through the async node: `paxos_core::Node`s over a transport (in-memory, TCP
-//! loopback, ZeroMQ loopback) with a storage (in-memory, file), under a tokio runtime, loaded by
-//! `in_flight` concurrent clients that each `add` one command at a time.
+//! loopback, ZeroMQ loopback) with a storage (in-memory, file), under a tokio
+//! runtime, loaded by `in_flight` commands kept in flight by closed-loop client
+//! tasks: one command is one `add` at a time; more are split into windows of at
+//! most [`CLIENT_WINDOW_MAX`], each task submitting its window with one
+//! `NodeHandle::add_many` and the next as soon as it is applied.
 //!
-//! Each client measures its commands' commit latency (from `add` to its answer:
-//! chosen and applied at the proposing node). Every node's applied log is read
+//! Each client measures its commands' commit latency (from submission to the
+//! answer: chosen and applied at the proposing node). Every node's applied log is read
 //! through `NodeHandle::subscribe` and folded into an [`AppliedLog`] for the
 //! agreement check at the end.
 
@@ -20,6 +23,9 @@ use tokio::task::JoinHandle;
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
 use crate::measure::Measurement;
 use crate::spec::{ProtocolKind, Spec, SpecError, StorageKind, TransportKind};
+
+/// Most commands one client task keeps in flight (one `add_many`).
+pub const CLIENT_WINDOW_MAX: usize = 64;
 
 /// Most time spent waiting for a leader, for clients to stop, or for logs to converge.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -268,41 +274,61 @@ impl NodeCluster {
     }
 
     fn start_clients(&mut self, spec: &Spec) {
-        for client in 0..spec.in_flight {
+        // `in_flight` commands split over as few tasks as keep each window at most
+        // CLIENT_WINDOW_MAX: a task submits its window with one `add_many` and, as
+        // soon as it is applied, the next one (a closed loop, as a pipelining client
+        // would). One command in flight is one `add` at a time.
+        let clients = spec.in_flight.div_ceil(CLIENT_WINDOW_MAX);
+        for client in 0..clients {
+            let window = spec.in_flight / clients + usize::from(client < spec.in_flight % clients);
             let handles = self.handles.clone();
             let shared = self.shared.clone();
             let proposer = self.proposer;
             let payload = vec![0xA5u8; spec.command_bytes];
             // Bound the clients' samples together, not each on its own.
-            let samples_max = crate::measure::LATENCY_SAMPLES_MAX / spec.in_flight;
+            let samples_max = crate::measure::LATENCY_SAMPLES_MAX / clients;
             self.clients.push(self.runtime.spawn(async move {
                 let mut submitted = Submitted::default();
                 let mut measurement = Measurement::with_samples_max(samples_max);
                 let mut target = proposer;
                 let mut sequence = 0;
                 while !shared.stop.load(Ordering::Relaxed) {
-                    let id = CommandId { client: client as u64 + 1, sequence };
-                    sequence += 1;
-                    submitted.record(id);
+                    let ids: Vec<CommandId> = (0..window as u64)
+                        .map(|offset| CommandId { client: client as u64 + 1, sequence: sequence + offset })
+                        .collect();
+                    sequence += window as u64;
+                    for id in &ids {
+                        submitted.record(*id);
+                    }
                     let started = Instant::now();
                     let mut attempts = 0;
                     loop {
-                        let command = Command { id, payload: payload.clone() };
-                        match handles[target].add(command).await {
-                            Ok(_) => break,
+                        let commands = ids.iter().map(|id| Command { id: *id, payload: payload.clone() }).collect();
+                        let result = if window == 1 {
+                            handles[target].add(Command { id: ids[0], payload: payload.clone() }).await.map(|_| ())
+                        } else {
+                            handles[target].add_many(commands).await.map(|_| ())
+                        };
+                        match result {
+                            Ok(()) => break,
                             Err(NodeError::NotLeader { leader_hint: Some(leader) }) if attempts < 16 => {
-                                // Same id: the retry is applied at most once.
+                                // Same ids: the retry is applied at most once.
                                 target = (leader - 1) as usize % handles.len();
                                 attempts += 1;
                             }
                             Err(error) => return Err(error),
                         }
                     }
+                    // Every command of the window was applied when `add_many` returned.
                     if shared.recording.load(Ordering::Relaxed) {
-                        measurement.record_latency(started.elapsed());
+                        let latency = started.elapsed();
+                        for _ in 0..window {
+                            measurement.record_latency(latency);
+                        }
                     }
-                    let completed = shared.completed.fetch_add(1, Ordering::Relaxed) + 1;
-                    if completed == shared.target.load(Ordering::Relaxed) {
+                    let before = shared.completed.fetch_add(window as u64, Ordering::Relaxed);
+                    let goal = shared.target.load(Ordering::Relaxed);
+                    if before < goal && before + window as u64 >= goal {
                         shared.reached.notify_one();
                     }
                 }

@@ -227,3 +227,85 @@ fn memory_transport_passes_the_transport_conformance_suite() {
     let endpoints = vec![(1, network.join(1)), (2, network.join(2)), (3, network.join(3))];
     futures::executor::block_on(paxos_core::conformance::transport_suite(endpoints));
 }
+
+/// `add_many` returns one index per command, in the order given; resubmitting
+/// the same ids (whole, or one by one with `add`) returns the same indexes; every
+/// subscriber sees every entry once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_many_answers_in_order_and_retries_are_idempotent() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let handles = start_cluster(Protocol::Multi, &network, &storages, tokio_spawn).await;
+    let leader = add(&handles, 0, Command::new(9, 0, b"first".to_vec())).await;
+    assert_eq!(leader, 0);
+    let entries = handles[1].subscribe().await.unwrap();
+    let commands: Vec<Command> = (1..=300u64).map(|sequence| Command::new(4, sequence, vec![sequence as u8])).collect();
+    let mut indexes = None;
+    for via in (0..handles.len()).cycle().take(30) {
+        match handles[via].add_many(commands.clone()).await {
+            Ok(answer) => {
+                indexes = Some(answer);
+                break;
+            }
+            Err(NodeError::NotLeader { .. }) | Err(NodeError::Timeout) => {}
+            Err(error) => panic!("add_many failed: {error}"),
+        }
+    }
+    let indexes = indexes.expect("add_many never answered");
+    assert_eq!(indexes.len(), commands.len());
+    let mut sorted = indexes.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), commands.len(), "one distinct index per command: {indexes:?}");
+    for (via, handle) in handles.iter().enumerate() {
+        assert_eq!(handle.add_many(commands.clone()).await.unwrap(), indexes, "a retry via node {via}");
+    }
+    assert_eq!(handles[0].add(commands[7].clone()).await.unwrap(), indexes[7]);
+    assert_eq!(handles[0].add_many(Vec::new()).await.unwrap(), Vec::<u64>::new());
+    // Twice the same id in one call: both positions get its one index.
+    let twice = vec![Command::new(5, 1, b"x".to_vec()), Command::new(5, 1, b"x".to_vec())];
+    let answer = add_many_via_leader(&handles, twice).await;
+    assert_eq!(answer[0], answer[1]);
+    // Node 2 may apply the first command after it subscribed: skip it.
+    let mut entries = entries.filter(|entry| futures::future::ready(entry.command.id.client == 4));
+    for (position, command) in commands.iter().enumerate() {
+        let entry = entries.next().await.unwrap();
+        assert_eq!((entry.index, &entry.command), (indexes[position], command), "subscriber order");
+    }
+    for handle in &handles {
+        handle.shutdown();
+    }
+}
+
+async fn add_many_via_leader(handles: &[NodeHandle], commands: Vec<Command>) -> Vec<u64> {
+    for via in (0..handles.len()).cycle().take(30) {
+        if let Ok(answer) = handles[via].add_many(commands.clone()).await {
+            return answer;
+        }
+    }
+    panic!("add_many never answered")
+}
+
+/// Without a quorum nothing is chosen: `add` and `add_many` answer `Timeout`
+/// after about `propose_timeout` (the driver's ticks enforce it), and the node
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_time_out_without_a_quorum() {
+    let network = MemoryNetwork::new();
+    let config = Config::new(1, [1, 2, 3], Protocol::Multi);
+    let options = NodeOptions { propose_timeout: Duration::from_millis(150), ..options() };
+    let (handle, driver) = Node::start_with(config, options, network.join(1), MemoryStorage::new()).await.unwrap();
+    let driver = tokio::spawn(driver);
+    let started = std::time::Instant::now();
+    let (one, many) = futures::join!(
+        handle.add(Command::new(1, 1, vec![])),
+        handle.add_many(vec![Command::new(1, 2, vec![]), Command::new(1, 3, vec![])])
+    );
+    let waited = started.elapsed();
+    assert!(matches!(one, Err(NodeError::Timeout)), "got {one:?}");
+    assert!(matches!(many, Err(NodeError::Timeout)), "got {many:?}");
+    assert!(waited >= Duration::from_millis(140) && waited < Duration::from_secs(5), "waited {waited:?}");
+    assert!(handle.status().await.is_ok());
+    handle.shutdown();
+    driver.await.unwrap().unwrap();
+}
