@@ -41,7 +41,8 @@ pub struct NodeOptions {
     /// Most inputs handled before the driver writes and sends (group commit).
     pub inputs_per_round_max: usize,
     /// How many recently applied command ids remember their log index, so a
-    /// retried `add` returns the original index.
+    /// retried `add` returns the original index: at least the last this many
+    /// (up to twice as many are held).
     pub recent_ids_max: usize,
     /// Compact the log automatically, with an empty snapshot, whenever this many
     /// slots were applied since the last compaction. For applications whose state
@@ -187,8 +188,7 @@ impl Node {
             proposals: Vec::new(),
             ticks: 0,
             resubmit_ticks,
-            recent: HashMap::with_hasher(IdHasherBuilder::new()),
-            recent_order: VecDeque::new(),
+            recent: Recent::new(options.recent_ids_max),
             subscribers: Vec::new(),
             event_watchers: Vec::new(),
         };
@@ -342,6 +342,40 @@ struct Submission {
     reply: AddReply,
 }
 
+/// The log index of recently applied command ids, in two generations: ids go
+/// into `current`; once it holds `generation_max`, it becomes `previous` and the
+/// old `previous` is dropped whole. The last `generation_max` ids are always
+/// remembered (at most twice that many), at one table insert per applied command
+/// and no eviction per command (which costed a second random memory access).
+struct Recent {
+    current: HashMap<CommandId, u64, IdHasherBuilder>,
+    previous: HashMap<CommandId, u64, IdHasherBuilder>,
+    generation_max: usize,
+}
+
+impl Recent {
+    fn new(generation_max: usize) -> Recent {
+        let hasher = IdHasherBuilder::new();
+        Recent {
+            current: HashMap::with_hasher(hasher.clone()),
+            previous: HashMap::with_hasher(hasher),
+            generation_max: generation_max.max(1),
+        }
+    }
+
+    fn get(&self, id: &CommandId) -> Option<u64> {
+        self.current.get(id).or_else(|| self.previous.get(id)).copied()
+    }
+
+    fn insert(&mut self, id: CommandId, index: u64) {
+        if self.current.len() >= self.generation_max {
+            let fresh = HashMap::with_hasher(self.current.hasher().clone());
+            self.previous = std::mem::replace(&mut self.current, fresh);
+        }
+        self.current.insert(id, index);
+    }
+}
+
 /// Whether anyone still waits on `target`.
 fn wanted(submissions: &[Option<Submission>], target: Target) -> bool {
     matches!(
@@ -442,8 +476,7 @@ struct Driver<T, S> {
     proposals: Vec<Command>,
     ticks: u64,
     resubmit_ticks: u64,
-    recent: HashMap<CommandId, u64, IdHasherBuilder>,
-    recent_order: VecDeque<CommandId>,
+    recent: Recent,
     subscribers: Vec<Subscriber>,
     event_watchers: Vec<mpsc::Sender<Event>>,
 }
@@ -608,7 +641,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         let (slot, serial) = self.open_submission(commands.len(), reply);
         for (position, command) in commands.into_iter().enumerate() {
             let target = Target { submission: slot, serial, position };
-            if let Some(index) = self.recent.get(&command.id).copied() {
+            if let Some(index) = self.recent.get(&command.id) {
                 self.resolve(target, index);
                 continue;
             }
@@ -737,17 +770,6 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         }
     }
 
-    fn remember(&mut self, id: CommandId, index: u64) {
-        if self.recent.insert(id, index).is_none() {
-            self.recent_order.push_back(id);
-            if self.recent_order.len() > self.options.recent_ids_max {
-                if let Some(oldest) = self.recent_order.pop_front() {
-                    self.recent.remove(&oldest);
-                }
-            }
-        }
-    }
-
     fn deliver(&mut self, decided: Decided) {
         let waiting = !self.waiters.is_empty();
         for (index, command) in decided.entries() {
@@ -759,7 +781,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                     }
                 }
             }
-            self.remember(command.id, index);
+            self.recent.insert(command.id, index);
         }
         if !self.subscribers.is_empty() {
             let batch: Vec<Entry> = decided
@@ -789,7 +811,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         // A retried command that was already applied: answer with its first index.
         for position in &decided.duplicates {
             let id = decided.value.commands()[*position as usize].id;
-            if let Some(index) = self.recent.get(&id).copied() {
+            if let Some(index) = self.recent.get(&id) {
                 if let Some(waiting) = self.waiters.remove(&id) {
                     self.resolve(waiting.target, index);
                     for target in waiting.more_targets {
@@ -798,5 +820,38 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sequence: u64) -> CommandId {
+        CommandId { client: 1, sequence }
+    }
+
+    #[test]
+    fn recent_ids_keep_at_least_the_last_generation() {
+        let mut recent = Recent::new(100);
+        for sequence in 0..1000 {
+            recent.insert(id(sequence), sequence * 2);
+            for back in 0..100.min(sequence + 1) {
+                assert_eq!(recent.get(&id(sequence - back)), Some((sequence - back) * 2));
+            }
+        }
+        assert_eq!(recent.get(&id(0)), None, "old generations are dropped");
+        assert!(recent.current.len() + recent.previous.len() <= 200);
+    }
+
+    #[test]
+    fn id_hasher_spreads_sequential_ids() {
+        let builder = IdHasherBuilder::new();
+        let tops: std::collections::HashSet<u64> =
+            (0..4096).map(|sequence| builder.hash_one(id(sequence)) >> 57).collect();
+        assert_eq!(tops.len(), 128, "every 7-bit tag is used");
+        let buckets: std::collections::HashSet<u64> =
+            (0..4096).map(|sequence| builder.hash_one(id(sequence)) & 4095).collect();
+        assert!(buckets.len() > 2400, "{} of 4096 buckets", buckets.len());
     }
 }
