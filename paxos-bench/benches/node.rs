@@ -1,5 +1,6 @@
 //! Criterion: Basic against Multi-Paxos through the async node, on every
-//! compiled-in transport (in-memory; TCP loopback with feature `tcp`) and storage
+//! compiled-in transport (in-memory; TCP loopback with feature `tcp`; ZeroMQ
+//! loopback with feature `zmq`) and storage
 //! (in-memory; file with group commit with feature `file`). The base
 //! configuration is 3 replicas, 8 B commands, batching on, at 1, 64 and 1024 in
 //! flight; 5 replicas, 1 KiB commands and batching off are varied one at a time
@@ -21,6 +22,9 @@ fn backends() -> Vec<(TransportKind, StorageKind)> {
         if cfg!(feature = "file") {
             backends.push((TransportKind::Tcp, StorageKind::File));
         }
+    }
+    if cfg!(feature = "zmq") {
+        backends.push((TransportKind::Zmq, StorageKind::Memory));
     }
     backends
 }
