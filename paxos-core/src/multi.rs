@@ -8,6 +8,7 @@
 //! sends only accepts. The commit point rides on accepts and heartbeats.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::acceptor::Acceptor;
 use crate::actions::{Actions, Event};
@@ -256,8 +257,13 @@ impl MultiPaxos {
                 bytes += command.payload.len();
                 count += 1;
             }
-            // Collected straight into the shared slice: one allocation, one move per command.
-            values.push(Value::Commands(self.queue.drain(..count).collect()));
+            let batch: Arc<[Command]> = if count == 1 {
+                // Without batching (or with one command waiting), skip the staging vector.
+                Arc::new([self.queue.pop_front().expect("counted above")])
+            } else {
+                self.queue.drain(..count).collect()
+            };
+            values.push(Value::Commands(batch));
         }
         self.propose_values(values);
     }
@@ -615,7 +621,7 @@ mod tests {
     }
 
     fn value(text: &str) -> Value {
-        Value::Commands(std::sync::Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
+        Value::Commands(Arc::from(vec![Command::new(1, 1, text.as_bytes().to_vec())]))
     }
 
     #[test]
