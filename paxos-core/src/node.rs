@@ -115,10 +115,38 @@ pub struct Entry {
     pub command: Command,
 }
 
-type AddReply = oneshot::Sender<Result<Vec<u64>, NodeError>>;
+/// Where a submission's answer goes: one index (`add`) or one per command (`add_many`).
+enum AddReply {
+    One(oneshot::Sender<Result<u64, NodeError>>),
+    Many(oneshot::Sender<Result<Vec<u64>, NodeError>>),
+}
+
+impl AddReply {
+    fn is_canceled(&self) -> bool {
+        match self {
+            AddReply::One(reply) => reply.is_canceled(),
+            AddReply::Many(reply) => reply.is_canceled(),
+        }
+    }
+
+    fn answer(self, indexes: Vec<u64>, single: u64) {
+        match self {
+            AddReply::One(reply) => drop(reply.send(Ok(single))),
+            AddReply::Many(reply) => drop(reply.send(Ok(indexes))),
+        }
+    }
+
+    fn fail(self, error: NodeError) {
+        match self {
+            AddReply::One(reply) => drop(reply.send(Err(error))),
+            AddReply::Many(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
 
 enum Request {
     Add { commands: Vec<Command>, reply: AddReply },
+    AddOne { command: Command, reply: AddReply },
     Get { index: u64, reply: oneshot::Sender<Option<Command>> },
     Status { reply: oneshot::Sender<Status> },
     Subscribe { subscriber: Subscriber },
@@ -132,6 +160,8 @@ enum Request {
 pub struct NodeHandle {
     node_id: NodeId,
     requests: mpsc::Sender<Request>,
+    /// One sender all clones share for the no-wait path (see [`NodeHandle::request`]).
+    shared_requests: std::sync::Arc<std::sync::Mutex<mpsc::Sender<Request>>>,
     options: NodeOptions,
 }
 
@@ -192,7 +222,8 @@ impl Node {
             subscribers: Vec::new(),
             event_watchers: Vec::new(),
         };
-        let handle = NodeHandle { node_id, requests, options };
+        let shared_requests = std::sync::Arc::new(std::sync::Mutex::new(requests.clone()));
+        let handle = NodeHandle { node_id, requests, shared_requests, options };
         // Every event the replica and driver log carries the node's id.
         let span = tracing::info_span!("paxos_node", node = node_id);
         Ok((handle, tracing::Instrument::instrument(driver.run(inbox), span)))
@@ -205,8 +236,19 @@ impl NodeHandle {
         self.node_id
     }
 
+    /// Queues `request` for the driver. While the queue has room this takes a
+    /// shared sender for a moment (no sender is cloned per request); when it is
+    /// full, the caller waits for room on a sender of its own.
     async fn request(&self, request: Request) -> Result<(), NodeError> {
-        self.requests.clone().send(request).await.map_err(|_| NodeError::Stopped)
+        let refused = {
+            let mut shared = self.shared_requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match shared.try_send(request) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_disconnected() => return Err(NodeError::Stopped),
+                Err(error) => error.into_inner(),
+            }
+        };
+        self.requests.clone().send(refused).await.map_err(|_| NodeError::Stopped)
     }
 
     /// Proposes `command` and returns its log index once it is chosen and applied
@@ -214,8 +256,9 @@ impl NodeHandle {
     /// While no leader is known, the node retries until the propose timeout. Retrying
     /// a command with the same [`CommandId`] is safe: it is applied at most once.
     pub async fn add(&self, command: Command) -> Result<u64, NodeError> {
-        let indexes = self.add_many(vec![command]).await?;
-        indexes.first().copied().ok_or(NodeError::Stopped)
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::AddOne { command, reply: AddReply::One(reply) }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)?
     }
 
     /// Proposes `commands` together and returns their log indexes, in the order
@@ -231,7 +274,7 @@ impl NodeHandle {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.request(Request::Add { commands, reply }).await?;
+        self.request(Request::Add { commands, reply: AddReply::Many(reply) }).await?;
         answer.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -337,7 +380,9 @@ struct Target {
 /// One `add`/`add_many` call waiting for its commands' indexes.
 struct Submission {
     serial: u64,
+    /// One per command for `add_many`; empty for `add`, whose index is `single`.
     indexes: Vec<u64>,
+    single: u64,
     remaining: usize,
     reply: AddReply,
 }
@@ -580,7 +625,11 @@ impl<T: Transport, S: Storage> Driver<T, S> {
     fn open_submission(&mut self, count: usize, reply: AddReply) -> (usize, u64) {
         self.submission_serial += 1;
         let serial = self.submission_serial;
-        let submission = Submission { serial, indexes: vec![0; count], remaining: count, reply };
+        let indexes = match reply {
+            AddReply::One(_) => Vec::new(),
+            AddReply::Many(_) => vec![0; count],
+        };
+        let submission = Submission { serial, indexes, single: 0, remaining: count, reply };
         let slot = match self.free_submissions.pop() {
             Some(slot) => {
                 self.submissions[slot] = Some(submission);
@@ -607,11 +656,14 @@ impl<T: Transport, S: Storage> Driver<T, S> {
     /// Records `index` for `target`; answers the submission once it is complete.
     fn resolve(&mut self, target: Target, index: u64) {
         let Some(submission) = self.live_submission(target.submission, target.serial) else { return };
-        submission.indexes[target.position] = index;
+        match submission.indexes.get_mut(target.position) {
+            Some(slot) => *slot = index,
+            None => submission.single = index,
+        }
         submission.remaining -= 1;
         if submission.remaining == 0 {
             if let Some(submission) = self.close_submission(target.submission) {
-                let _ = submission.reply.send(Ok(submission.indexes));
+                submission.reply.answer(submission.indexes, submission.single);
             }
         }
     }
@@ -621,7 +673,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
     fn fail(&mut self, slot: usize, serial: u64, error: NodeError) {
         if self.live_submission(slot, serial).is_some() {
             if let Some(submission) = self.close_submission(slot) {
-                let _ = submission.reply.send(Err(error));
+                submission.reply.fail(error);
             }
         }
     }
@@ -637,9 +689,9 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         }
     }
 
-    fn on_add(&mut self, commands: Vec<Command>, reply: AddReply) {
+    fn on_add(&mut self, commands: impl ExactSizeIterator<Item = Command>, reply: AddReply) {
         let (slot, serial) = self.open_submission(commands.len(), reply);
-        for (position, command) in commands.into_iter().enumerate() {
+        for (position, command) in commands.enumerate() {
             let target = Target { submission: slot, serial, position };
             if let Some(index) = self.recent.get(&command.id) {
                 self.resolve(target, index);
@@ -685,7 +737,8 @@ impl<T: Transport, S: Storage> Driver<T, S> {
     /// Handles one application request; returns true on shutdown.
     fn on_request(&mut self, request: Request) -> bool {
         match request {
-            Request::Add { commands, reply } => self.on_add(commands, reply),
+            Request::Add { commands, reply } => self.on_add(commands.into_iter(), reply),
+            Request::AddOne { command, reply } => self.on_add(std::iter::once(command), reply),
             Request::Get { index, reply } => {
                 let _ = reply.send(self.replica.learner().get(index).cloned());
             }
