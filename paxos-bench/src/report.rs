@@ -300,6 +300,7 @@ mod tests {
             p50_us: 1.5,
             p99_us: 3.0,
             peak_rss_bytes: 1 << 20,
+            commands: 1000,
         };
         Outcome { spec, result: Ok(record) }
     }

@@ -221,6 +221,10 @@ pub struct Record {
     pub p99_us: f64,
     /// Peak resident memory of the process that ran this configuration (all replicas), bytes.
     pub peak_rss_bytes: u64,
+    /// Commands applied at the proposing node in the measured window (the warm-up
+    /// applied more), so a long window shows memory over many commands.
+    #[serde(default)]
+    pub commands: u64,
 }
 
 impl Record {
@@ -238,6 +242,7 @@ impl Record {
             p50_us: measurement.latency_percentile_us(50.0),
             p99_us: measurement.latency_percentile_us(99.0),
             peak_rss_bytes,
+            commands: measurement.commands,
         }
     }
 

@@ -100,6 +100,8 @@ fn default_specs() -> Vec<Spec> {
     if cfg!(feature = "tcp") {
         specs.push(spec(Tcp, Memory, 1, true));
         specs.push(spec(Tcp, Memory, 1024, true));
+        // Pipelining alone, with latency on the wire: one command per slot.
+        specs.push(spec(Tcp, Memory, 1024, false));
         if cfg!(feature = "file") {
             specs.push(spec(Tcp, File, 1, true));
             specs.push(spec(Tcp, File, 1024, true));
