@@ -96,6 +96,7 @@ fn node_options() -> NodeOptions {
         propose_timeout: Duration::from_secs(30),
         subscriber_buffer_max: 1 << 20,
         auto_compact_slots: Some(65_536),
+        auto_compact_commands: Some(1 << 18),
         ..NodeOptions::default()
     }
 }

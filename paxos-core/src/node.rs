@@ -49,6 +49,11 @@ pub struct NodeOptions {
     /// lives outside the node (or that need no state transfer); others call
     /// [`NodeHandle::compact`] with their own state. `None` keeps the whole log.
     pub auto_compact_slots: Option<u64>,
+    /// Also compact automatically (as [`NodeOptions::auto_compact_slots`] does)
+    /// whenever this many commands were applied since the last compaction: with
+    /// batching, one slot can hold a thousand commands, so a bound in slots alone
+    /// does not bound memory. `None` counts slots only.
+    pub auto_compact_commands: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -61,6 +66,7 @@ impl Default for NodeOptions {
             inputs_per_round_max: 1024,
             recent_ids_max: 65_536,
             auto_compact_slots: None,
+            auto_compact_commands: None,
         }
     }
 }
@@ -771,10 +777,17 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         for decided in actions.decided {
             self.deliver(decided);
         }
-        if let Some(every) = self.options.auto_compact_slots {
-            let applied = self.replica.learner().applied_through();
-            let held = self.replica.snapshot().map_or(0, |snapshot| snapshot.through_slot);
-            if applied >= held + every.max(1) {
+        if self.options.auto_compact_slots.is_some() || self.options.auto_compact_commands.is_some() {
+            let learner = self.replica.learner();
+            let applied = learner.applied_through();
+            let (held, held_index) =
+                self.replica.snapshot().map_or((0, 0), |snapshot| (snapshot.through_slot, snapshot.next_index));
+            let slots_due = self.options.auto_compact_slots.is_some_and(|every| applied >= held + every.max(1));
+            let commands_due = self
+                .options
+                .auto_compact_commands
+                .is_some_and(|every| applied > held && learner.next_index() >= held_index + every.max(1));
+            if slots_due || commands_due {
                 // The compaction's write goes out with the next round of actions.
                 let _ = self.replica.compact(applied, Vec::new());
             }

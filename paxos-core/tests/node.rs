@@ -309,3 +309,28 @@ async fn commands_time_out_without_a_quorum() {
     handle.shutdown();
     driver.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn auto_compaction_counts_commands_when_slots_hold_large_batches() {
+    let network = MemoryNetwork::new();
+    let storage = MemoryStorage::new();
+    let config = Config::new(1, [1], Protocol::Multi);
+    // A slot bound this high never fires here: only the command count can.
+    let options = NodeOptions { auto_compact_slots: Some(1 << 30), auto_compact_commands: Some(500), ..options() };
+    let (handle, driver) = Node::start_with(config, options, network.join(1), storage.clone()).await.unwrap();
+    let driver = tokio::spawn(driver);
+    for round in 0..4u64 {
+        let commands: Vec<Command> = (0..250).map(|sequence| Command::new(round + 1, sequence, vec![7])).collect();
+        let indexes = handle.add_many(commands).await.unwrap();
+        assert_eq!(indexes.len(), 250);
+    }
+    // The compaction write goes out with the round after the one that applied
+    // the 500th command; one more command makes sure that round happened.
+    handle.add(Command::new(9, 0, vec![7])).await.unwrap();
+    let durable = storage.snapshot();
+    let snapshot = durable.snapshot.expect("1,001 commands in a handful of slots were compacted");
+    assert!(snapshot.next_index >= 500, "compacted after at least 500 commands, got {}", snapshot.next_index);
+    assert!(durable.slots.keys().all(|slot| *slot > snapshot.through_slot), "compacted slots left storage");
+    handle.shutdown();
+    driver.await.unwrap().unwrap();
+}
