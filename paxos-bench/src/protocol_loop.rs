@@ -121,6 +121,9 @@ pub enum LoopError {
 #[derive(Debug)]
 pub struct LoopCluster {
     replicas: Vec<Box<dyn Replica>>,
+    /// Per replica: whether it was stepped (proposal, message, tick, compaction)
+    /// since its actions were last taken. Only a stepped replica has actions.
+    stepped: Vec<bool>,
     durable: Vec<MemoryLog>,
     compacted_through: Vec<Slot>,
     compacted_commands: Vec<u64>,
@@ -166,6 +169,8 @@ impl LoopCluster {
         }
         let now = Instant::now();
         let mut cluster = LoopCluster {
+            // Restored replicas may start with actions (the recovered log to deliver).
+            stepped: vec![true; spec.replicas],
             durable: vec![MemoryLog::default(); spec.replicas],
             compacted_through: vec![0; spec.replicas],
             compacted_commands: vec![0; spec.replicas],
@@ -202,15 +207,21 @@ impl LoopCluster {
     /// Ticks every replica until one leads; returns its position.
     fn elect(&mut self) -> Result<usize, LoopError> {
         for _ in 0..ELECTION_TICKS_MAX {
-            for replica in &mut self.replicas {
-                replica.tick();
-            }
+            self.tick_all();
             while self.round()? {}
             if let Some(leader) = self.replicas.iter().position(|replica| replica.status().role == Role::Leader) {
                 return Ok(leader);
             }
         }
         Err(LoopError::NoLeader)
+    }
+
+    /// Advances every replica by one tick.
+    fn tick_all(&mut self) {
+        for replica in &mut self.replicas {
+            replica.tick();
+        }
+        self.stepped.fill(true);
     }
 
     /// The position of the replica clients propose to.
@@ -239,12 +250,15 @@ impl LoopCluster {
             let capacity = self.ready.len();
             let commands = std::mem::replace(&mut self.ready, Vec::with_capacity(capacity));
             self.replicas[self.proposer].propose(commands)?;
+            self.stepped[self.proposer] = true;
             progress = true;
         }
         let deliveries = self.queue.len();
         for _ in 0..deliveries {
             let Some((from, outgoing)) = self.queue.pop_front() else { break };
-            self.replicas[(outgoing.to - 1) as usize].on_message(from, outgoing.message);
+            let to = (outgoing.to - 1) as usize;
+            self.replicas[to].on_message(from, outgoing.message);
+            self.stepped[to] = true;
         }
         progress |= deliveries > 0;
         // Fields are borrowed one by one (no `self` method calls here), so the
@@ -252,6 +266,9 @@ impl LoopCluster {
         let actions = &mut self.actions;
         let released = &mut self.released;
         for position in 0..self.replicas.len() {
+            if !std::mem::replace(&mut self.stepped[position], false) {
+                continue;
+            }
             self.replicas[position].drain_actions_into(actions);
             if actions.is_empty() {
                 continue;
@@ -326,6 +343,7 @@ impl LoopCluster {
                 || (commands >= self.compacted_commands[position] + COMPACT_EVERY_COMMANDS
                     && applied > self.compacted_through[position]);
             if due && replica.compact(applied, Vec::new()).is_ok() {
+                self.stepped[position] = true;
                 self.compacted_through[position] = applied;
                 self.compacted_commands[position] = commands;
             }
@@ -350,9 +368,7 @@ impl LoopCluster {
                 if idle > IDLE_TICKS_MAX {
                     return Err(LoopError::Stalled { outstanding: self.outstanding, what });
                 }
-                for replica in &mut self.replicas {
-                    replica.tick();
-                }
+                self.tick_all();
             }
             checks = checks.wrapping_add(1);
             if checks.is_multiple_of(256) && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
@@ -410,9 +426,7 @@ impl LoopCluster {
             if self.logs.iter().all(|log| log.count >= target) {
                 break;
             }
-            for replica in &mut self.replicas {
-                replica.tick();
-            }
+            self.tick_all();
             while self.round()? {
                 if Instant::now() >= deadline {
                     return Err(LoopError::Stalled { outstanding: self.outstanding, what: "catch-up" });
