@@ -65,4 +65,4 @@ pub use multi::MultiPaxos;
 pub use node::{Node, NodeError, NodeHandle};
 pub use replica::{new_replica, CompactError, ProposeError, Replica, Role, Status};
 pub use storage::{ClientDedup, DurableState, SlotState, Snapshot, Storage, StorageOp};
-pub use transport::Transport;
+pub use transport::{OutboundQueue, Transport};

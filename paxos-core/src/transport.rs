@@ -3,7 +3,13 @@
 //! Paxos tolerates loss, duplication and reordering, so a transport may do all
 //! three; it must not corrupt or invent messages, nor misattribute a sender.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
+
 use async_trait::async_trait;
+use futures::task::AtomicWaker;
 
 use crate::ballot::NodeId;
 use crate::message::Message;
@@ -61,5 +67,144 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     async fn recv(&self) -> Result<(NodeId, Message), Self::Error> {
         (**self).recv().await
+    }
+}
+
+/// The bounded outbound queue of one peer, for transport authors: `push` never
+/// blocks and, when the queue is full, drops the oldest message (the one most
+/// likely to be stale; Paxos retransmits what matters), as
+/// [`Transport::send`] requires. One task per peer waits on [`OutboundQueue::ready`]
+/// and drains the queue onto its connection. Runtime-neutral.
+pub struct OutboundQueue {
+    messages: Mutex<VecDeque<Message>>,
+    capacity: usize,
+    waker: AtomicWaker,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for OutboundQueue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("OutboundQueue")
+            .field("queued", &self.len())
+            .field("capacity", &self.capacity)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl OutboundQueue {
+    /// An empty queue holding at most `capacity` messages.
+    ///
+    /// # Panics
+    /// If `capacity` is zero: validate it with the transport's configuration first.
+    pub fn new(capacity: usize) -> OutboundQueue {
+        assert!(capacity > 0, "an outbound queue needs room for one message");
+        OutboundQueue {
+            messages: Mutex::new(VecDeque::new()),
+            capacity,
+            waker: AtomicWaker::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Message>> {
+        self.messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `message`, dropping the oldest queued one if the queue is full.
+    pub fn push(&self, message: Message) {
+        {
+            let mut messages = self.lock();
+            if messages.len() >= self.capacity {
+                messages.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            messages.push_back(message);
+            assert!(messages.len() <= self.capacity);
+        }
+        self.waker.wake();
+    }
+
+    /// Waits until at least one message is queued. Cancel-safe; for the one
+    /// task that drains this queue (a second waiter would take the first's wake-up).
+    pub async fn ready(&self) {
+        std::future::poll_fn(|context| {
+            self.waker.register(context.waker());
+            if self.lock().is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Takes every queued message, oldest first. The lock is held only for the
+    /// swap, so encoding happens outside it and `push` never waits on it.
+    pub fn take_all(&self) -> VecDeque<Message> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Takes up to `count` messages from the front, oldest first.
+    pub fn take(&self, count: usize) -> Vec<Message> {
+        let mut messages = self.lock();
+        let count = count.min(messages.len());
+        messages.drain(..count).collect()
+    }
+
+    /// Messages dropped because the queue was full, since it was made.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Messages queued now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn probe(from_slot: u64) -> Message {
+        Message::CatchUpRequest { from_slot }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest() {
+        let queue = OutboundQueue::new(3);
+        for slot in 0..5 {
+            queue.push(probe(slot));
+        }
+        assert_eq!(queue.dropped(), 2);
+        assert_eq!(queue.take(2), vec![probe(2), probe(3)]);
+        let rest: Vec<Message> = queue.take_all().into();
+        assert_eq!(rest, vec![probe(4)]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn ready_waits_for_a_message_and_sees_one_pushed_before_the_wait() {
+        let queue = OutboundQueue::new(3);
+        assert!(queue.ready().now_or_never().is_none());
+        queue.push(probe(1));
+        assert!(queue.ready().now_or_never().is_some());
+        assert_eq!(queue.take(1), vec![probe(1)]);
+        assert!(queue.ready().now_or_never().is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "room for one message")]
+    fn a_queue_without_room_is_refused() {
+        OutboundQueue::new(0);
     }
 }

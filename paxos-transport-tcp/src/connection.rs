@@ -20,12 +20,11 @@ use futures::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::SinkExt;
 use paxos_core::handshake::{Handshake, HandshakeError, HandshakeRules, Side, HELLO_BYTES, NONCE_BYTES, PROOF_BYTES};
 use paxos_core::wire::{self, WireError};
-use paxos_core::{Message, NodeId};
+use paxos_core::{Message, NodeId, OutboundQueue};
 use tracing::{debug, warn};
 
 use crate::config::TcpConfig;
 use crate::frame::{push_frame, push_frame_with, FrameError, FrameReader};
-use crate::queue::PeerQueue;
 use crate::runtime::{Listener, Runtime, Stream};
 
 /// The largest frame accepted while handshaking: a hello or a proof.
@@ -100,7 +99,7 @@ pub(crate) struct SharedState {
     pub(crate) config: TcpConfig,
     pub(crate) rules: HandshakeRules,
     pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) queues: HashMap<NodeId, Arc<PeerQueue>>,
+    pub(crate) queues: HashMap<NodeId, Arc<OutboundQueue>>,
     pub(crate) inbox: mpsc::Sender<(NodeId, Message)>,
     pub(crate) stop: StopSignal,
     pub(crate) counters: Counters,
@@ -122,7 +121,7 @@ impl SharedState {
             .peers
             .keys()
             .filter(|peer| **peer != config.node_id)
-            .map(|peer| (*peer, Arc::new(PeerQueue::new(config.queue_messages_max))))
+            .map(|peer| (*peer, Arc::new(OutboundQueue::new(config.queue_messages_max))))
             .collect();
         SharedState {
             config,
@@ -206,7 +205,7 @@ impl Backoff {
 }
 
 /// Keeps one authenticated outbound connection to `peer` open while the transport runs.
-pub(crate) async fn dial_loop(shared: Arc<SharedState>, peer: NodeId, address: SocketAddr, queue: Arc<PeerQueue>) {
+pub(crate) async fn dial_loop(shared: Arc<SharedState>, peer: NodeId, address: SocketAddr, queue: Arc<OutboundQueue>) {
     let config = &shared.config;
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     loop {
@@ -244,7 +243,7 @@ async fn pump(
     shared: &SharedState,
     mut reader: FrameReader<futures::io::ReadHalf<Stream>>,
     mut writer: futures::io::WriteHalf<Stream>,
-    queue: &PeerQueue,
+    queue: &OutboundQueue,
 ) -> ConnectionError {
     let config = &shared.config;
     let mut batch: Vec<u8> = Vec::with_capacity(config.write_batch_bytes_max.min(1 << 20));

@@ -53,7 +53,6 @@
 mod config;
 mod connection;
 pub mod frame;
-mod queue;
 mod runtime;
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use paxos_core::handshake::{Handshake, Hello, Side};
-use paxos_core::{wire, NodeId};
+use paxos_core::{wire, NodeId, OutboundQueue};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -15,7 +15,6 @@ use zeromq::util::PeerIdentity;
 use zeromq::{DealerRecvHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{routing_id, KIND_HELLO, KIND_MESSAGE, KIND_PROOF, KIND_REFUSED, TOKEN_BYTES};
-use crate::queue::PeerQueue;
 use crate::shared::{random_nonce, Counters, Shared};
 
 /// Why one connection to a peer ended.
@@ -34,7 +33,7 @@ fn multipart(frames: &[&[u8]]) -> ZmqMessage {
 }
 
 /// Keeps a session to `peer` open for as long as the transport runs (the task is aborted at shutdown).
-pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: NodeId, address: SocketAddr, queue: Arc<PeerQueue>) {
+pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: NodeId, address: SocketAddr, queue: Arc<OutboundQueue>) {
     let mut backoff = shared.config.backoff_min;
     loop {
         let ended = connect_once(&shared, peer, address, &queue).await;
@@ -69,7 +68,7 @@ fn expect_kind<'a>(frames: &'a [Bytes], kind: &[u8]) -> Result<&'a [u8], String>
     }
 }
 
-async fn connect_once(shared: &Shared, peer: NodeId, address: SocketAddr, queue: &PeerQueue) -> Ended {
+async fn connect_once(shared: &Shared, peer: NodeId, address: SocketAddr, queue: &OutboundQueue) -> Ended {
     let config = &shared.config;
     let failed = |reason: String| Ended { established: false, reason };
     let mut options = SocketOptions::default();

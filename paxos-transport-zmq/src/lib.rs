@@ -91,7 +91,6 @@ mod config;
 mod dealer;
 pub mod guard;
 pub mod protocol;
-mod queue;
 mod router;
 mod shared;
 

@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paxos_core::handshake::{HandshakeRules, Nonce, NONCE_BYTES};
-use paxos_core::NodeId;
+use paxos_core::{NodeId, OutboundQueue};
 
 use crate::config::ZmqConfig;
-use crate::queue::PeerQueue;
 
 /// Warnings about refused peers allowed per second; the rest are counted and summarised.
 const WARNINGS_PER_SECOND_MAX: u32 = 32;
@@ -71,7 +70,7 @@ impl WarnLimiter {
 pub(crate) struct Shared {
     pub(crate) config: ZmqConfig,
     pub(crate) rules: HandshakeRules,
-    pub(crate) queues: HashMap<NodeId, Arc<PeerQueue>>,
+    pub(crate) queues: HashMap<NodeId, Arc<OutboundQueue>>,
     pub(crate) counters: Counters,
     pub(crate) warnings: WarnLimiter,
 }
@@ -82,7 +81,7 @@ impl Shared {
             .peers
             .keys()
             .filter(|peer| **peer != config.node_id)
-            .map(|peer| (*peer, Arc::new(PeerQueue::new(config.queue_messages_max))))
+            .map(|peer| (*peer, Arc::new(OutboundQueue::new(config.queue_messages_max))))
             .collect();
         Shared { config, rules, queues, counters: Counters::default(), warnings: WarnLimiter::new() }
     }
