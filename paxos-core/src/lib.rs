@@ -48,6 +48,7 @@ mod multi;
 #[cfg(feature = "mutations")]
 pub mod mutations;
 pub mod node;
+pub mod peer_config;
 pub mod proposer;
 mod replica;
 pub mod rng;

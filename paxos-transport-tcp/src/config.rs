@@ -5,12 +5,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use paxos_core::handshake::{HandshakeError, HandshakeRules, SECRET_BYTES_MIN};
+use paxos_core::handshake::HandshakeRules;
+use paxos_core::peer_config::{
+    check_backoff, check_handshake_timeout, check_queues, check_range, handshake_rules, PeerConfigError,
+};
 use paxos_core::wire::FRAME_BYTES_MAX_DEFAULT;
 use paxos_core::NodeId;
 
-/// The smallest `frame_bytes_max` accepted: room for a handshake message and a small Paxos message.
-pub const FRAME_BYTES_MAX_MIN: usize = 1024;
+pub use paxos_core::peer_config::FRAME_BYTES_MAX_MIN;
 
 /// The largest `frame_bytes_max` accepted: the length prefix is a `u32`.
 pub const FRAME_BYTES_MAX_LIMIT: usize = u32::MAX as usize;
@@ -74,34 +76,10 @@ impl fmt::Debug for TcpConfig {
     }
 }
 
-/// Why a [`TcpConfig`] was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TcpConfigError {
-    /// A limit is outside its allowed range.
-    #[error("{field} = {value} is out of range: {expected}")]
-    OutOfRange {
-        /// The config field.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// What it must be.
-        expected: &'static str,
-    },
-    /// `backoff_min` is larger than `backoff_max`.
-    #[error("backoff_min ({min:?}) exceeds backoff_max ({max:?}); make the minimum the smaller")]
-    Backoff {
-        /// The minimum.
-        min: Duration,
-        /// The maximum.
-        max: Duration,
-    },
-    /// The secret is too short.
-    #[error("secret of {length} bytes is too short; use at least {SECRET_BYTES_MIN} random bytes")]
-    WeakSecret {
-        /// Its length.
-        length: usize,
-    },
-}
+/// Why a [`TcpConfig`] was refused: the field, its value and what it must be,
+/// or a backoff or secret problem (the checks every transport shares, see
+/// [`paxos_core::peer_config`]).
+pub type TcpConfigError = PeerConfigError;
 
 impl TcpConfig {
     /// A config with default limits for node `node_id` of cluster `cluster_id`.
@@ -130,60 +108,23 @@ impl TcpConfig {
 
     /// Checks every limit; the transport refuses to start otherwise.
     pub fn validate(&self) -> Result<(), TcpConfigError> {
-        fn range(
-            field: &'static str,
-            value: usize,
-            low: usize,
-            high: usize,
-            expected: &'static str,
-        ) -> Result<(), TcpConfigError> {
-            if value < low || value > high {
-                return Err(TcpConfigError::OutOfRange { field, value: value.to_string(), expected });
-            }
-            Ok(())
-        }
-        range(
+        check_range(
             "frame_bytes_max",
             self.frame_bytes_max,
             FRAME_BYTES_MAX_MIN,
             FRAME_BYTES_MAX_LIMIT,
             "between 1 KiB and 4 GiB - 1",
         )?;
-        range("queue_messages_max", self.queue_messages_max, 1, 1 << 20, "between 1 and 2^20")?;
-        range("inbox_messages_max", self.inbox_messages_max, 1, 1 << 20, "between 1 and 2^20")?;
-        range("write_batch_bytes_max", self.write_batch_bytes_max, 1, 64 << 20, "between 1 byte and 64 MiB")?;
-        range("inbound_connections_max", self.inbound_connections_max, 1, 65_536, "between 1 and 65,536")?;
-        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(600) {
-            return Err(TcpConfigError::OutOfRange {
-                field: "handshake_timeout",
-                value: format!("{:?}", self.handshake_timeout),
-                expected: "between 1 ns and 10 minutes",
-            });
-        }
-        if self.backoff_min.is_zero() || self.backoff_max > Duration::from_secs(3600) {
-            return Err(TcpConfigError::OutOfRange {
-                field: "backoff_min/backoff_max",
-                value: format!("{:?}/{:?}", self.backoff_min, self.backoff_max),
-                expected: "a non-zero minimum and a maximum of at most an hour",
-            });
-        }
-        if self.backoff_min > self.backoff_max {
-            return Err(TcpConfigError::Backoff { min: self.backoff_min, max: self.backoff_max });
-        }
+        check_queues(self.queue_messages_max, self.inbox_messages_max, self.inbound_connections_max)?;
+        check_range("write_batch_bytes_max", self.write_batch_bytes_max, 1, 64 << 20, "between 1 byte and 64 MiB")?;
+        check_handshake_timeout(self.handshake_timeout)?;
+        check_backoff(self.backoff_min, self.backoff_max)?;
         self.rules().map(|_| ())
     }
 
     /// The handshake rules this config implies.
     pub(crate) fn rules(&self) -> Result<HandshakeRules, TcpConfigError> {
-        let members = self.peers.keys().copied().chain([self.node_id]);
-        let rules = HandshakeRules::new(self.cluster_id, self.node_id, members);
-        match &self.secret {
-            None => Ok(rules),
-            Some(secret) => rules.with_secret(secret).map_err(|error| match error {
-                HandshakeError::WeakSecret { length } => TcpConfigError::WeakSecret { length },
-                _ => TcpConfigError::WeakSecret { length: secret.len() },
-            }),
-        }
+        handshake_rules(self.cluster_id, self.node_id, self.peers.keys().copied(), self.secret.as_deref())
     }
 }
 
@@ -209,6 +150,16 @@ mod tests {
         let mut bad = config();
         bad.queue_messages_max = 0;
         assert!(matches!(bad.validate(), Err(TcpConfigError::OutOfRange { field: "queue_messages_max", .. })));
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "queue_messages_max = 0 is out of range: between 1 and 2^20"
+        );
+        let mut bad = config();
+        bad.frame_bytes_max = FRAME_BYTES_MAX_LIMIT + 1;
+        assert!(matches!(bad.validate(), Err(TcpConfigError::OutOfRange { field: "frame_bytes_max", .. })));
+        let mut bad = config();
+        bad.write_batch_bytes_max = 0;
+        assert!(matches!(bad.validate(), Err(TcpConfigError::OutOfRange { field: "write_batch_bytes_max", .. })));
         let mut bad = config();
         bad.handshake_timeout = Duration::ZERO;
         assert!(matches!(bad.validate(), Err(TcpConfigError::OutOfRange { field: "handshake_timeout", .. })));
