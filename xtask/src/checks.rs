@@ -1,5 +1,6 @@
 //! Release checks: the facade's feature matrix, API docs, and packaging.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -71,12 +72,45 @@ pub fn doc() -> Result<()> {
 
 /// Packages every publishable crate, verifying that each builds from its package alone.
 pub fn package() -> Result<()> {
+    remove_stale_package_sources()?;
     let mut command: Command = cargo();
     command.args(["package", "--workspace", "--quiet", "--allow-dirty"]);
     for internal in ["paxos-bench", "paxos-sim", "xtask"] {
         command.args(["--exclude", internal]);
     }
     run(command)
+}
+
+/// `cargo package` verifies a crate against its workspace dependencies through a
+/// local registry, and unpacks their packages under `$CARGO_HOME/registry/src`.
+/// An unpacked copy left by an earlier run is reused as it is, even though the
+/// crate changed since under the same version, so the check would build against
+/// stale code. Removes those copies (only this workspace's, never crates.io's).
+fn remove_stale_package_sources() -> Result<()> {
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".cargo"),
+            None => return Ok(()),
+        },
+    };
+    let Ok(registries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else { return Ok(()) };
+    for registry in registries {
+        let registry = registry?.path();
+        let name = registry.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("index.crates.io") {
+            continue;
+        }
+        for unpacked in std::fs::read_dir(&registry)? {
+            let unpacked = unpacked?.path();
+            let crate_name = unpacked.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            if crate_name.starts_with("paxos") && unpacked.is_dir() {
+                std::fs::remove_dir_all(&unpacked)
+                    .with_context(|| format!("removing stale package sources {}", unpacked.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The facade's runnable examples, with the features each needs.
