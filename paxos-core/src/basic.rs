@@ -181,7 +181,7 @@ impl BasicPaxos {
             self.requeue(&instance);
         }
         self.core.learn(slot, outcome.value.clone());
-        self.core.broadcast_to_peers(&Message::Chosen { slot, value: outcome.value });
+        self.core.broadcast_to_peers(Message::Chosen { slot, value: outcome.value });
         self.core.apply();
         self.flush();
     }

@@ -231,7 +231,7 @@ impl MultiPaxos {
             // The leader's own acceptor takes the accept here rather than through
             // the network: the same write, and its vote leaves only once durable.
             self.core.reply_to_accept(leader, ballot, first, &values, true);
-            self.core.send_to_peers(Message::Accept { ballot, first_slot: first, values, chosen_through });
+            self.core.broadcast_to_peers(Message::Accept { ballot, first_slot: first, values, chosen_through });
             first += count;
             values = rest;
         }
@@ -379,7 +379,7 @@ impl MultiPaxos {
             leadership.heartbeat_at = ticks;
             leadership.commit_sent = chosen_through;
             let message = Message::Commit { ballot: leadership.ballot, chosen_through };
-            self.core.broadcast_to_peers(&message);
+            self.core.broadcast_to_peers(message);
         }
         let State::Leader(leadership) = &mut self.state else { return };
         // Retransmit accepts that a member has not acknowledged in time.

@@ -232,18 +232,9 @@ impl Core {
         }
     }
 
-    /// Sends `message` to every member but this one.
-    pub fn broadcast_to_peers(&mut self, message: &Message) {
-        for member in &self.config.members {
-            if *member != self.config.node_id {
-                self.actions.send(*member, message.clone());
-            }
-        }
-    }
-
-    /// Like [`Core::broadcast_to_peers`], but hands the message itself to the
-    /// last peer, so `n` peers cost `n - 1` copies.
-    pub fn send_to_peers(&mut self, message: Message) {
+    /// Sends `message` to every member but this one: a copy to each peer but the
+    /// last, which gets the message itself, so `n` peers cost `n - 1` copies.
+    pub fn broadcast_to_peers(&mut self, message: Message) {
         let id = self.id();
         let Some(last) = self.config.members.iter().rposition(|member| *member != id) else { return };
         for member in &self.config.members[..last] {
