@@ -32,6 +32,17 @@ impl PersistThen {
         self.ops.is_empty() && self.then_send.is_empty()
     }
 
+    /// True when no message waits on these writes and every one is a
+    /// [`StorageOp::Chosen`] record. Such a batch need not be durable before
+    /// anything else happens: a slot is chosen once a quorum made its accept
+    /// durable, so a crash that loses the record loses nothing, and the replica
+    /// learns the slot again from its peers. A driver may hold such a batch back
+    /// and [`PersistThen::merge`] it in front of the next one, so it costs no sync
+    /// of its own.
+    pub fn is_deferrable(&self) -> bool {
+        self.then_send.is_empty() && self.ops.iter().all(|op| matches!(op, StorageOp::Chosen { .. }))
+    }
+
     /// Appends a later batch. Order is kept: this batch's ops come first, and the
     /// merged messages are released only after both batches are durable.
     pub fn merge(&mut self, later: PersistThen) {

@@ -16,13 +16,17 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::FutureExt;
 use futures::{SinkExt, StreamExt};
 
-use crate::actions::{Actions, Decided, Event};
+use crate::actions::{Actions, Decided, Event, PersistThen};
 use crate::ballot::{NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::message::{Command, CommandId, Message, Outgoing};
 use crate::replica::{new_replica, ProposeError, Replica, Status};
 use crate::storage::Storage;
 use crate::transport::Transport;
+
+/// Most chosen records the driver holds back from storage before it writes them
+/// anyway (see [`PersistThen::is_deferrable`]).
+const DEFERRED_OPS_MAX: usize = 4096;
 
 /// Driver settings that involve real time; the replica itself only counts ticks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +231,7 @@ impl Node {
             recent: Recent::new(options.recent_ids_max),
             subscribers: Vec::new(),
             event_watchers: Vec::new(),
+            deferred: PersistThen::default(),
         };
         let shared_requests = std::sync::Arc::new(std::sync::Mutex::new(requests.clone()));
         let handle = NodeHandle { node_id, requests, shared_requests, options };
@@ -530,6 +535,10 @@ struct Driver<T, S> {
     recent: Recent,
     subscribers: Vec<Subscriber>,
     event_watchers: Vec<mpsc::Sender<Event>>,
+    /// Chosen records held back from storage (see [`PersistThen::is_deferrable`]):
+    /// they go out in front of the next write that must be durable, or at the
+    /// next tick or shutdown, whichever comes first.
+    deferred: PersistThen,
 }
 
 impl<T: Transport, S: Storage> Driver<T, S> {
@@ -553,6 +562,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                     self.ticks += 1;
                     self.expire();
                     self.resubmit(false);
+                    self.flush_deferred().await?;
                     ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
                 }
                 received = receive => {
@@ -593,6 +603,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                 self.carry_out(actions).await?;
             }
             if stop {
+                self.flush_deferred().await?;
                 tracing::info!(node = self.node_id, "node stopped");
                 return Ok(());
             }
@@ -761,21 +772,27 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         false
     }
 
-    /// Sends what may go now, makes the writes durable, sends what waited on
-    /// them, then delivers decisions. A failed write stops the node.
+    /// Sends what may go now, delivers decisions, makes the writes durable, then
+    /// sends what waited on them. A failed write stops the node.
+    ///
+    /// Decisions go first because none depends on this replica's pending writes:
+    /// a slot is chosen only after a quorum made its accept durable (this
+    /// replica's own vote counts only once its write is). Writes of nothing but
+    /// chosen records are held back and ride with the next durable write, so the
+    /// answer to a client never waits on an fdatasync that safety does not need.
     async fn carry_out(&mut self, actions: Actions) -> Result<(), NodeError> {
         for outgoing in actions.send {
             self.dispatch(outgoing);
         }
-        let released = actions.persist.persist(&self.storage).await.map_err(|error| {
-            tracing::error!(node = self.node_id, %error, "durable write failed; stopping");
-            NodeError::Storage(Box::new(error))
-        })?;
-        for outgoing in released {
-            self.dispatch(outgoing);
-        }
         for decided in actions.decided {
             self.deliver(decided);
+        }
+        if actions.persist.is_deferrable() && self.deferred.ops().len() < DEFERRED_OPS_MAX {
+            self.deferred.merge(actions.persist);
+        } else {
+            let mut batch = std::mem::take(&mut self.deferred);
+            batch.merge(actions.persist);
+            self.persist(batch).await?;
         }
         if self.options.auto_compact_slots.is_some() || self.options.auto_compact_commands.is_some() {
             let learner = self.replica.learner();
@@ -801,6 +818,27 @@ impl<T: Transport, S: Storage> Driver<T, S> {
             self.event_watchers.retain_mut(|watcher| watcher.try_send(event.clone()).is_ok());
         }
         Ok(())
+    }
+
+    /// Makes `batch` durable, then sends the messages that waited on it.
+    async fn persist(&mut self, batch: PersistThen) -> Result<(), NodeError> {
+        let released = batch.persist(&self.storage).await.map_err(|error| {
+            tracing::error!(node = self.node_id, %error, "durable write failed; stopping");
+            NodeError::Storage(Box::new(error))
+        })?;
+        for outgoing in released {
+            self.dispatch(outgoing);
+        }
+        Ok(())
+    }
+
+    /// Writes the chosen records held back, if any.
+    async fn flush_deferred(&mut self) -> Result<(), NodeError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.deferred);
+        self.persist(batch).await
     }
 
     /// Proposes again the commands this node still waits for: all of them when

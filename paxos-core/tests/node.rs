@@ -334,3 +334,41 @@ async fn auto_compaction_counts_commands_when_slots_hold_large_batches() {
     handle.shutdown();
     driver.await.unwrap().unwrap();
 }
+
+/// A chosen record costs no sync of its own: it is written in front of the next
+/// write that must be durable (or at the next tick). A crash that loses it loses
+/// nothing: the restarted replica finds the slot accepted but not chosen and
+/// learns it again. One Basic Paxos node with ticks an hour apart makes the
+/// timing deterministic; the restart uses normal ticks to run the recovery.
+#[tokio::test]
+async fn chosen_records_ride_with_the_next_write_and_a_crash_that_loses_them_loses_nothing() {
+    let network = MemoryNetwork::new();
+    let storage = MemoryStorage::new();
+    let config = Config::new(1, [1], Protocol::Basic);
+    let slow = NodeOptions { tick_interval: Duration::from_secs(3600), ..options() };
+    let (handle, driver) = Node::start_with(config.clone(), slow, network.join(1), storage.clone()).await.unwrap();
+    let (driver, crash) = futures::future::abortable(driver);
+    let running = tokio::spawn(driver);
+
+    let first = Command::new(1, 1, b"first".to_vec());
+    let second = Command::new(1, 2, b"second".to_vec());
+    assert_eq!(handle.add(first.clone()).await.unwrap(), 0);
+    let durable = storage.snapshot();
+    assert!(durable.slots[&1].accepted.is_some(), "the accept is durable before the answer");
+    assert_eq!(durable.slots[&1].chosen, None, "the chosen record waits for the next write");
+
+    assert_eq!(handle.add(second.clone()).await.unwrap(), 1);
+    let durable = storage.snapshot();
+    assert!(durable.slots[&1].chosen.is_some(), "slot 1's record went out with slot 2's writes");
+    assert_eq!(durable.slots[&2].chosen, None);
+
+    // Crash: the driver is dropped mid-run, slot 2's chosen record unwritten.
+    crash.abort();
+    assert!(running.await.unwrap().is_err(), "the driver was aborted");
+    let (handle, driver) = Node::start_with(config, options(), network.join(1), storage.clone()).await.unwrap();
+    tokio::spawn(driver);
+    assert!(applied_at_least(&handle, 2).await, "the restarted node learned slot 2 again");
+    assert_eq!(handle.get(0).await.unwrap(), Some(first));
+    assert_eq!(handle.get(1).await.unwrap(), Some(second));
+    handle.shutdown();
+}

@@ -24,7 +24,7 @@ fn options(auto_compact_slots: Option<u64>) -> NodeOptions {
 
 fn file_options() -> FileOptions {
     // Small enough that every node writes checkpoints during the test.
-    FileOptions { log_bytes_max: 4 << 10, ..FileOptions::default() }
+    FileOptions { log_bytes_max: 2 << 10, ..FileOptions::default() }
 }
 
 /// A running node and a receiver that fires once its driver, and with it the
