@@ -312,15 +312,21 @@ impl MultiPaxos {
         let position = voter.trailing_zeros() as usize;
         let last = first_slot + count.saturating_sub(1);
         leadership.accepted_through[position] = leadership.accepted_through[position].max(last);
+        let mut learned = false;
         for slot in first_slot..first_slot + count {
             if slot >= leadership.next_slot {
                 break;
             }
             if leadership.votes.record(slot, ballot, voter) == self.core.quorum {
                 if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
-                    self.core.learn(slot, value);
+                    learned |= self.core.learn(slot, value);
                 }
             }
+        }
+        if !learned {
+            // A vote after the quorum (or a stale one): nothing became ready to
+            // apply, so the window and the queue are as they were.
+            return;
         }
         self.core.apply();
         let applied = self.core.learner.applied_through();
