@@ -1,6 +1,7 @@
 //! `FileStorage` against its contract: the conformance suite, the directory lock,
-//! group commit, checkpoints, and crash consistency (a log cut at every byte, bit
-//! flips, and a writer process killed with SIGKILL).
+//! group commit, checkpoints, preallocation, and crash consistency (a log cut at
+//! every byte, with and without a zero tail, bit flips, and a writer process killed
+//! with SIGKILL).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -165,8 +166,13 @@ fn checkpoints_keep_disk_use_bounded_under_compaction() {
 }
 
 /// Batches of different shapes, appended one at a time, and the log size after each.
+/// Without preallocation, so the file is exactly its records.
 fn build_log(dir: &Path) -> (Vec<Vec<StorageOp>>, Vec<u64>) {
-    let storage = open(dir);
+    build_log_with(dir, FileOptions { preallocate_bytes: 0, ..FileOptions::default() })
+}
+
+fn build_log_with(dir: &Path, options: FileOptions) -> (Vec<Vec<StorageOp>>, Vec<u64>) {
+    let storage = FileStorage::open(dir, options).expect("open");
     let mut boundaries = vec![storage.stats().log_bytes];
     let mut batches = Vec::new();
     for index in 0..12u64 {
@@ -198,22 +204,40 @@ fn build_log(dir: &Path) -> (Vec<Vec<StorageOp>>, Vec<u64>) {
 /// are complete, truncates the rest, and accepts appends after it.
 #[test]
 fn a_log_cut_at_every_byte_recovers_exactly_a_prefix() {
+    cut_at_every_byte(0);
+}
+
+/// The same with the cut file followed by zeros, as in a preallocated log where
+/// the unsynced end of a record never reached the disk: a record cut anywhere and
+/// followed by zeros is a torn tail, and a cut at a record boundary is a clean end.
+#[test]
+fn a_log_cut_at_every_byte_and_followed_by_zeros_recovers_exactly_a_prefix() {
+    cut_at_every_byte(4096);
+}
+
+fn cut_at_every_byte(zero_tail_bytes: usize) {
     let source = tempfile::tempdir().unwrap();
     let (batches, boundaries) = build_log(source.path());
     let full = std::fs::read(source.path().join(LOG_NAME)).unwrap();
     assert_eq!(full.len() as u64, *boundaries.last().unwrap());
+    // Small, so the appends below do not allocate (and the next open read) 64 MiB each.
+    let options = FileOptions { preallocate_bytes: 4 << 10, ..FileOptions::default() };
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(LOG_NAME);
     for cut in 0..=full.len() {
-        std::fs::write(&path, &full[..cut]).unwrap();
-        let result = FileStorage::open(dir.path(), FileOptions::default());
-        if (cut as u64) < boundaries[0] {
+        let mut bytes = full[..cut].to_vec();
+        bytes.resize(cut + zero_tail_bytes, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let result = FileStorage::open(dir.path(), options.clone());
+        // The records whose bytes are all there: those before the cut, and, with a
+        // zero tail, one whose remaining bytes happen to be zeros.
+        let intact = |end: &u64| bytes.get(..*end as usize) == Some(&full[..*end as usize]);
+        let Some(complete) = boundaries.iter().rposition(intact) else {
             assert!(matches!(result, Err(FileError::Corrupt { .. })), "cut at {cut} inside the checkpoint");
             continue;
-        }
+        };
         let storage = result.unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
-        let complete = boundaries.iter().rposition(|end| *end <= cut as u64).unwrap();
         assert_eq!(block_on(storage.load()).unwrap(), replay(&batches[..complete]), "cut at {cut}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), boundaries[complete], "the torn tail is truncated");
         if cut % 7 == 0 {
@@ -222,7 +246,8 @@ fn a_log_cut_at_every_byte_recovers_exactly_a_prefix() {
             block_on(storage.append(&more)).unwrap();
             drop(storage);
             let expected = replay(batches[..complete].iter().chain([&more]));
-            assert_eq!(block_on(open(dir.path()).load()).unwrap(), expected, "append after cut at {cut}");
+            let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+            assert_eq!(block_on(storage.load()).unwrap(), expected, "append after cut at {cut}");
         }
     }
 }
@@ -299,6 +324,169 @@ fn corruption_in_the_middle_is_reported_and_the_file_left_untouched() {
     }
     assert!(error.to_string().contains("do not delete"), "the message says what to do: {error}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was truncated or repaired");
+}
+
+/// The live log's size on disk, preallocated space included.
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// Whether this platform preallocates (the writer falls back to growing elsewhere).
+const PREALLOCATES: bool = cfg!(target_os = "linux");
+
+/// With preallocation on, the file runs past its last record in zeros; a reopen
+/// recovers the exact state, cuts the zero tail, and appends continue at the
+/// logical end (not after the zeros).
+#[test]
+fn a_preallocated_log_reopens_and_appends_continue_at_its_logical_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_NAME);
+    let options = FileOptions { preallocate_bytes: 256 << 10, ..FileOptions::default() };
+    let mut batches = Vec::new();
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    for slot in 1..=20u64 {
+        let batch = vec![StorageOp::Accept { slot, ballot: Ballot::new(1, 1), value: value(slot, 32) }];
+        block_on(storage.append(&batch)).unwrap();
+        batches.push(batch);
+        assert!(file_len(&path) >= storage.stats().log_bytes, "the file holds every record");
+    }
+    let logical = storage.stats().log_bytes;
+    drop(storage);
+    let bytes = std::fs::read(&path).unwrap();
+    if PREALLOCATES {
+        assert!(bytes.len() as u64 > logical, "{} bytes on disk, {logical} of records", bytes.len());
+        assert!(bytes.len() as u64 <= logical + (256 << 10), "one preallocation ahead at most");
+    }
+    assert!(bytes[logical as usize..].iter().all(|byte| *byte == 0), "the space after the records is zeros");
+    let records = bytes[..logical as usize].to_vec();
+
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(block_on(storage.load()).unwrap(), replay(&batches));
+    assert_eq!(storage.stats().log_bytes, logical, "log_bytes counts records, not allocated space");
+    assert_eq!(file_len(&path), logical, "opening cuts the zero tail");
+    let more = vec![StorageOp::Round(77), StorageOp::Chosen { slot: 3, value: None }];
+    block_on(storage.append(&more)).unwrap();
+    batches.push(more);
+    let after = storage.stats().log_bytes;
+    assert!(after > logical);
+    drop(storage);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..logical as usize], &records[..], "the records before the reopen are unchanged");
+    assert!(bytes[after as usize..].iter().all(|byte| *byte == 0), "the new record went at the logical end");
+    if PREALLOCATES {
+        assert!(bytes.len() as u64 > after, "the writer preallocated again after the reopen");
+    }
+    assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
+}
+
+/// With preallocation off, the file is exactly its records after every append,
+/// as before preallocation existed.
+#[test]
+fn without_preallocation_the_file_is_exactly_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_NAME);
+    let options = FileOptions { preallocate_bytes: 0, ..FileOptions::default() };
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    let mut batches = Vec::new();
+    for round in 1..=10u64 {
+        let batch = vec![StorageOp::Round(round), StorageOp::Promise(Ballot::new(round, 2))];
+        block_on(storage.append(&batch)).unwrap();
+        batches.push(batch);
+        assert_eq!(file_len(&path), storage.stats().log_bytes, "after round {round}");
+    }
+    drop(storage);
+    let storage = FileStorage::open(dir.path(), options).unwrap();
+    assert_eq!(block_on(storage.load()).unwrap(), replay(&batches));
+    assert_eq!(file_len(&path), storage.stats().log_bytes);
+}
+
+/// A real preallocated log whose last record lost its second half (a torn write
+/// whose end never reached the disk, so zeros follow): the record is a torn tail,
+/// the rest is recovered, and the file is cut at the last intact record.
+#[test]
+fn a_torn_record_followed_by_a_preallocated_zero_tail_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_NAME);
+    let (batches, boundaries) =
+        build_log_with(dir.path(), FileOptions { preallocate_bytes: 64 << 10, ..FileOptions::default() });
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = boundaries.len() - 2;
+    let (start, end) = (boundaries[last] as usize, boundaries[last + 1] as usize);
+    if PREALLOCATES {
+        assert!(bytes.len() > end, "the log was preallocated");
+    }
+    let middle = start + (end - start) / 2;
+    bytes[middle..end].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let storage = FileStorage::open(dir.path(), FileOptions::default()).unwrap();
+    assert_eq!(block_on(storage.load()).unwrap(), replay(&batches[..last]));
+    assert_eq!(storage.stats().log_bytes, boundaries[last]);
+    assert_eq!(file_len(&path), boundaries[last], "the torn record and the zeros are cut");
+}
+
+/// A real preallocated log damaged in the middle: intact records follow the
+/// damage, so it is corruption, the zero tail notwithstanding, and the file,
+/// zero tail included, is left as it was.
+#[test]
+fn damage_followed_by_an_intact_record_in_a_preallocated_log_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_NAME);
+    let (_, boundaries) =
+        build_log_with(dir.path(), FileOptions { preallocate_bytes: 64 << 10, ..FileOptions::default() });
+    let mut bytes = std::fs::read(&path).unwrap();
+    if PREALLOCATES {
+        assert!(bytes.len() as u64 > *boundaries.last().unwrap(), "the log was preallocated");
+    }
+    bytes[boundaries[3] as usize + 10] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let error = FileStorage::open(dir.path(), FileOptions::default()).unwrap_err();
+    assert!(matches!(error, FileError::Corrupt { offset, .. } if offset == boundaries[3]), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was truncated or repaired");
+}
+
+/// Checkpoints with preallocation: every generation is preallocated in steps of
+/// `preallocate_bytes`, never more than one step ahead of its records, the old
+/// generations go, and a reopen sees the exact replay.
+#[test]
+fn checkpoints_work_with_preallocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = 4u64 << 10;
+    let options = FileOptions { log_bytes_max: 8 << 10, preallocate_bytes: step, ..FileOptions::default() };
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    let mut batches = Vec::new();
+    let mut preallocated_generations = std::collections::BTreeSet::new();
+    for slot in 1..=600u64 {
+        let mut batch = vec![
+            StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 64) },
+            StorageOp::Chosen { slot, value: None },
+        ];
+        if slot % 50 == 0 {
+            batch.push(StorageOp::Compact(Snapshot { through_slot: slot - 10, ..Snapshot::default() }));
+        }
+        block_on(storage.append(&batch)).unwrap();
+        batches.push(batch);
+        let stats = storage.stats();
+        let path = dir.path().join(format!("wal-{:016x}.log", stats.generation));
+        let on_disk = file_len(&path);
+        assert!(on_disk >= stats.log_bytes, "slot {slot}: {stats:?}, {on_disk} bytes on disk");
+        assert!(on_disk - stats.log_bytes <= step, "slot {slot}: at most one step ahead, {stats:?}, {on_disk}");
+        if on_disk > stats.log_bytes {
+            preallocated_generations.insert(stats.generation);
+        }
+    }
+    let stats = storage.stats();
+    assert!(stats.checkpoints >= 5, "{stats:?}");
+    if PREALLOCATES {
+        assert!(preallocated_generations.len() >= 5, "generations preallocated: {preallocated_generations:?}");
+    }
+    drop(storage);
+    let logs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+        .filter(|name| name.starts_with("wal-"))
+        .count();
+    assert_eq!(logs, 1, "only the live generation remains");
+    assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
 }
 
 const CHILD_DIR: &str = "PAXOS_STORAGE_SIGKILL_CHILD_DIR";

@@ -16,6 +16,15 @@
 //! record is either wholly durable or the unsynced tail of the file.
 //!
 //! The CRC covers the length, so a damaged length is detected like damaged data.
+//!
+//! # The zero tail
+//!
+//! The writer may preallocate the file beyond its last record, so a file can end in
+//! zero bytes. No record header is all zeros (a zero length is covered by a CRC of
+//! four zero bytes, which is not zero), so when every byte from a damaged record to
+//! the end of the file is zero, that is the clean end of the log; and an intact
+//! record can only start at or before the last non-zero byte, which bounds the scan
+//! for intact records after damage.
 
 use std::path::Path;
 
@@ -128,12 +137,18 @@ fn record_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), Damage> {
 /// Whether an intact record starts anywhere after `offset`. Records after the first
 /// damaged one can only exist if the damaged one was once synced: each record is
 /// written only after every earlier one was made durable.
-fn intact_record_after(bytes: &[u8], offset: usize) -> bool {
-    (offset + 1..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).any(|start| record_at(bytes, start).is_ok())
+///
+/// `last_nonzero` is the index of the file's last non-zero byte. A record header is
+/// never all zeros, so no intact record starts after it, and a preallocated zero
+/// tail costs nothing here.
+fn intact_record_after(bytes: &[u8], offset: usize, last_nonzero: usize) -> bool {
+    let starts_end = bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1).min(last_nonzero + 1);
+    (offset + 1..starts_end).any(|start| record_at(bytes, start).is_ok())
 }
 
-/// Replays a log file. A damaged record with nothing intact after it is a torn tail
-/// (a write that was never acknowledged) and ends the replay; damage followed by an
+/// Replays a log file. A damaged record with only zero bytes after its start is the
+/// end of a preallocated log, and one with nothing intact after it is a torn tail (a
+/// write that was never acknowledged); either ends the replay. Damage followed by an
 /// intact record, a damaged header or checkpoint, or a record whose CRC matches but
 /// whose body does not decode, is corruption and an error.
 pub(crate) fn recover(bytes: &[u8], file: &Path) -> Result<Recovered, FileError> {
@@ -179,11 +194,19 @@ pub(crate) fn recover(bytes: &[u8], file: &Path) -> Result<Recovered, FileError>
                 offset = next;
                 body
             }
-            Err(damage) if intact_record_after(bytes, start) => {
-                return Err(corrupt(start, format!("{}, and intact records follow", damage.describe())));
+            Err(damage) => {
+                // One backward scan: the zero tail of a preallocated file is skipped
+                // here and never searched for records.
+                let Some(last_nonzero) = bytes[start..].iter().rposition(|byte| *byte != 0) else {
+                    // Only zeros from here on: the clean end of a preallocated log.
+                    break;
+                };
+                if intact_record_after(bytes, start, start + last_nonzero) {
+                    return Err(corrupt(start, format!("{}, and intact records follow", damage.describe())));
+                }
+                // A torn tail: the write that was in progress at the crash.
+                break;
             }
-            // A torn tail: the write that was in progress at the crash.
-            Err(_) => break,
         };
         match body.split_first() {
             Some((&KIND_OPS, mut payload)) => {
@@ -242,6 +265,59 @@ mod tests {
         finish_record(&mut bytes, start).unwrap();
         let error = recover(&bytes, Path::new("x")).unwrap_err();
         assert!(matches!(error, FileError::Corrupt { offset, .. } if offset == start as u64), "{error}");
+    }
+
+    #[test]
+    fn no_record_header_is_all_zeros() {
+        // The zero tail rule rests on this: a zero length needs the CRC of four zero bytes.
+        assert_ne!(crc32c::crc32c(&[0u8; 4]), 0);
+        assert!(matches!(record_at(&[0u8; 64], 0), Err(Damage::Checksum)));
+    }
+
+    /// A file preallocated past its last record: the zeros are the clean end.
+    #[test]
+    fn a_zero_tail_after_the_last_record_is_the_clean_end() {
+        let mut bytes = checkpoint_file(&DurableState::default()).unwrap();
+        ops_record(&mut bytes, &[StorageOp::Round(5)]);
+        ops_record(&mut bytes, &[StorageOp::Promise(Ballot::new(6, 2))]);
+        let end = bytes.len();
+        bytes.resize(end + (4 << 20), 0);
+        let recovered = recover(&bytes, Path::new("x")).unwrap();
+        assert_eq!(recovered.valid_bytes, end as u64);
+        assert_eq!(recovered.ops_records, 2);
+        assert_eq!(recovered.state.round, 5);
+        assert_eq!(recovered.state.promised, Ballot::new(6, 2));
+    }
+
+    /// A record cut anywhere (header or body) and followed by zeros is a torn tail.
+    #[test]
+    fn a_torn_record_followed_by_zeros_is_a_torn_tail() {
+        let mut intact = checkpoint_file(&DurableState::default()).unwrap();
+        ops_record(&mut intact, &[StorageOp::Round(5)]);
+        let end = intact.len();
+        let mut with_torn = intact.clone();
+        ops_record(&mut with_torn, &[StorageOp::Round(9), StorageOp::Promise(Ballot::new(9, 1))]);
+        for cut in end + 1..with_torn.len() {
+            let mut bytes = with_torn[..cut].to_vec();
+            bytes.resize(cut + 4096, 0);
+            let recovered = recover(&bytes, Path::new("x")).unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
+            assert_eq!(recovered.valid_bytes, end as u64, "cut at {cut}");
+            assert_eq!(recovered.state.round, 5, "cut at {cut}");
+            assert_eq!(recovered.ops_records, 1, "cut at {cut}");
+        }
+    }
+
+    /// Damage is corruption when an intact record follows it, zero tail or not.
+    #[test]
+    fn damage_followed_by_an_intact_record_and_zeros_is_corruption() {
+        let mut bytes = checkpoint_file(&DurableState::default()).unwrap();
+        let damaged = bytes.len();
+        ops_record(&mut bytes, &[StorageOp::Round(5)]);
+        ops_record(&mut bytes, &[StorageOp::Round(6)]);
+        bytes[damaged + RECORD_HEADER_BYTES + 1] ^= 0x10;
+        bytes.resize(bytes.len() + 4096, 0);
+        let error = recover(&bytes, Path::new("x")).unwrap_err();
+        assert!(matches!(error, FileError::Corrupt { offset, .. } if offset == damaged as u64), "{error}");
     }
 
     #[test]

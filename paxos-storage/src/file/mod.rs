@@ -14,6 +14,16 @@
 //! arrive while a sync runs are written together as one record with one sync
 //! (group commit), by one writer thread, so the storage works under any executor.
 //!
+//! # Preallocation
+//!
+//! On Linux the writer allocates the log ahead of its records, `preallocate_bytes`
+//! at a time (`fallocate`, then one `fsync` for the new size), and writes each
+//! record at the logical end, so a group's `fdatasync` need not also make a new
+//! file size and new blocks durable. A log file therefore may end in zeros, which
+//! recovery reads as the clean end of the log. Opening truncates the file to its
+//! last intact record, zero tail included; the writer allocates again when it
+//! next needs space. Where `fallocate` is unsupported, records grow the file.
+//!
 //! # Checkpoints
 //!
 //! When the records after the checkpoint exceed `max(log_bytes_max, checkpoint size)`,
@@ -55,6 +65,12 @@ pub struct FileOptions {
     pub bytes_per_sync_max: u64,
     /// Most appends queued for the writer, beyond one per calling task.
     pub queued_appends_max: usize,
+    /// Allocate the log this many bytes ahead of its records, so each group's
+    /// `fdatasync` finds the file size and blocks already durable (Linux only;
+    /// elsewhere, or where the file system cannot, records grow the file). Never
+    /// more than the log can use before its next checkpoint. 0 turns it off;
+    /// otherwise between 4 KiB and 1 GiB (opening reads the whole file, zeros too).
+    pub preallocate_bytes: u64,
 }
 
 impl Default for FileOptions {
@@ -65,6 +81,7 @@ impl Default for FileOptions {
             appends_per_sync_max: 4096,
             bytes_per_sync_max: 8 << 20,
             queued_appends_max: 4096,
+            preallocate_bytes: 64 << 20,
         }
     }
 }
@@ -87,6 +104,9 @@ impl FileOptions {
         }
         if self.queued_appends_max == 0 {
             return invalid("queued_appends_max must be at least 1");
+        }
+        if self.preallocate_bytes != 0 && !(4 << 10..=1 << 30).contains(&self.preallocate_bytes) {
+            return invalid("preallocate_bytes must be 0 (off) or between 4 KiB and 1 GiB");
         }
         Ok(())
     }
@@ -193,7 +213,8 @@ pub struct FileStats {
     pub checkpoints: u64,
     /// The live log file's generation.
     pub generation: u64,
-    /// The live log file's size in bytes.
+    /// The live log file's size in bytes up to the end of its last record (the
+    /// preallocated space after it is not counted).
     pub log_bytes: u64,
 }
 
@@ -320,7 +341,12 @@ impl FileStorage {
             stats: FileStats { generation, log_bytes: recovered.valid_bytes, ..FileStats::default() },
             failure: None,
         }));
-        let file = OpenOptions::new().append(true).open(&log).map_err(io_error("opening log", &log))?;
+        // Not `append`: records go at the logical end, which may lie before the
+        // end of a preallocated file. Sequential writes keep the position there.
+        let mut file = OpenOptions::new().write(true).open(&log).map_err(io_error("opening log", &log))?;
+        let allocated_bytes = file.metadata().map_err(io_error("reading the size of", &log))?.len();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(recovered.valid_bytes))
+            .map_err(io_error("seeking to the end of the records in", &log))?;
         let (sender, receiver) = mpsc::channel(options.queued_appends_max);
         let writer = Writer::new(
             dir.clone(),
@@ -329,6 +355,7 @@ impl FileStorage {
             log,
             generation,
             recovered.valid_bytes,
+            allocated_bytes,
             recovered.checkpoint_bytes,
             Arc::clone(&shared),
         );
@@ -358,7 +385,8 @@ impl FileStorage {
 }
 
 /// Recovers the directory's live log: removes stray temporary files and older
-/// generations, creates generation 0 in a new directory, and truncates a torn tail.
+/// generations, creates generation 0 in a new directory, and truncates a torn tail
+/// and a preallocated zero tail, so the file ends at its last intact record.
 fn recover_dir(dir: &Path) -> Result<(PathBuf, u64, format::Recovered), FileError> {
     let mut generations = Vec::new();
     let mut temporaries = Vec::new();
@@ -390,7 +418,9 @@ fn recover_dir(dir: &Path) -> Result<(PathBuf, u64, format::Recovered), FileErro
     let bytes = std::fs::read(&path).map_err(io_error("reading log", &path))?;
     let recovered = format::recover(&bytes, &path)?;
     if recovered.valid_bytes < bytes.len() as u64 {
-        // The torn tail was never acknowledged; cut it so new records follow intact ones.
+        // A torn tail was never acknowledged, and a zero tail holds nothing; cut
+        // either so new records follow intact ones and the file holds no stale
+        // bytes. The writer preallocates again when it needs space.
         let file = OpenOptions::new().write(true).open(&path).map_err(io_error("opening log", &path))?;
         file.set_len(recovered.valid_bytes).map_err(io_error("truncating the torn tail of", &path))?;
         file.sync_all().map_err(io_error("syncing", &path))?;
@@ -475,12 +505,20 @@ mod tests {
         assert!(matches!(zero_queue.validate(), Err(FileError::InvalidOptions { .. })));
         let huge_record = FileOptions { record_bytes_max: u64::from(u32::MAX), ..FileOptions::default() };
         assert!(matches!(huge_record.validate(), Err(FileError::InvalidOptions { .. })));
+        for preallocate_bytes in [0, 4 << 10, 1 << 30] {
+            assert!(FileOptions { preallocate_bytes, ..FileOptions::default() }.validate().is_ok());
+        }
+        for preallocate_bytes in [1, (4 << 10) - 1, (1 << 30) + 1, u64::MAX] {
+            let error = FileOptions { preallocate_bytes, ..FileOptions::default() }.validate().unwrap_err();
+            assert!(error.to_string().contains("preallocate_bytes"), "{error}");
+        }
     }
 
     /// Builds a directory holding generation 0 with a few appends, and returns the
-    /// file's bytes and the state they hold.
+    /// file's bytes (a small preallocated zero tail included) and the state they hold.
     fn old_generation(dir: &Path) -> (Vec<u8>, DurableState) {
-        let storage = FileStorage::open(dir, FileOptions::default()).unwrap();
+        let options = FileOptions { preallocate_bytes: 4 << 10, ..FileOptions::default() };
+        let storage = FileStorage::open(dir, options).unwrap();
         futures::executor::block_on(async {
             for round in 1..=5 {
                 storage

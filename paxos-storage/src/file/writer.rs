@@ -1,5 +1,12 @@
 //! The writer thread: takes every queued append, writes them as one record, syncs
 //! once (group commit), answers each caller, and writes checkpoints.
+//!
+//! Records go at the logical end of the log (`file_bytes`), which may lie before the
+//! physical end: the writer preallocates space ahead of the records
+//! ([`FileOptions::preallocate_bytes`]) and makes the new size durable once, so each
+//! group's `fdatasync` has only the data to flush, not a new file size and new
+//! blocks. The bytes between the logical and the physical end are zeros, which
+//! recovery reads as the clean end of the log.
 
 use std::fs::File;
 use std::io::Write;
@@ -29,8 +36,16 @@ pub(crate) struct Writer {
     file: File,
     path: PathBuf,
     generation: u64,
-    /// Bytes in the live file.
+    /// Bytes in the live file up to the end of its last record: where the next
+    /// record goes. The file handle's position is always here.
     file_bytes: u64,
+    /// The live file's size as the writer last set it, at least `file_bytes` (an
+    /// allocation that ran out of space may have left the file longer). Everything
+    /// after `file_bytes` reads as zeros.
+    allocated_bytes: u64,
+    /// Whether to preallocate: `preallocate_bytes` is not 0 and the file system
+    /// has not refused it.
+    preallocating: bool,
     /// Bytes of the live file's header and checkpoint.
     checkpoint_bytes: u64,
     shared: Arc<Mutex<Shared>>,
@@ -46,10 +61,25 @@ impl Writer {
         path: PathBuf,
         generation: u64,
         file_bytes: u64,
+        allocated_bytes: u64,
         checkpoint_bytes: u64,
         shared: Arc<Mutex<Shared>>,
     ) -> Writer {
-        Writer { dir, options, file, path, generation, file_bytes, checkpoint_bytes, shared, buffer: Vec::new() }
+        assert!(allocated_bytes >= file_bytes, "the file is shorter than its records");
+        let preallocating = options.preallocate_bytes > 0;
+        Writer {
+            dir,
+            options,
+            file,
+            path,
+            generation,
+            file_bytes,
+            allocated_bytes,
+            preallocating,
+            checkpoint_bytes,
+            shared,
+            buffer: Vec::new(),
+        }
     }
 
     /// Serves appends until every sender is dropped.
@@ -122,14 +152,53 @@ impl Writer {
         // The group stays within `record_bytes_max`, which `validate` keeps below u32::MAX.
         format::finish_record(&mut self.buffer, start)
             .map_err(|bytes| std::io::Error::other(format!("a record of {bytes} bytes is too large")))?;
+        self.reserve(self.buffer.len() as u64)?;
         self.file.write_all(&self.buffer)?;
         self.file.sync_data()?;
         self.file_bytes += self.buffer.len() as u64;
+        self.allocated_bytes = self.allocated_bytes.max(self.file_bytes);
         // A rare huge group should not pin its buffer for the life of the storage.
         if self.buffer.capacity() > 4 * self.options.bytes_per_sync_max as usize {
             self.buffer = Vec::new();
         }
         Ok(())
+    }
+
+    /// Makes room for a record of `record_bytes` at `file_bytes`: when it would run
+    /// past the allocated size, extends the allocation by `preallocate_bytes` (at
+    /// least the record) and syncs the new size once. Space this file can never use
+    /// (it is replaced by a checkpoint once its records pass
+    /// [`Self::records_bytes_max`]) is not allocated. Without preallocation (turned
+    /// off, unsupported, or no space for it) the write simply grows the file.
+    fn reserve(&mut self, record_bytes: u64) -> std::io::Result<()> {
+        let end = self.file_bytes + record_bytes;
+        if !self.preallocating || end <= self.allocated_bytes {
+            return Ok(());
+        }
+        let end_max = self.checkpoint_bytes + self.records_bytes_max();
+        if end > end_max {
+            // This record makes a checkpoint due, which replaces the file.
+            return Ok(());
+        }
+        let target = self.allocated_bytes.saturating_add(self.options.preallocate_bytes).clamp(end, end_max);
+        match allocate(&self.file, self.allocated_bytes, target - self.allocated_bytes)? {
+            Allocation::Done => {
+                // Once, so the groups' fdatasyncs find the size already durable.
+                self.file.sync_all()?;
+                self.allocated_bytes = target;
+            }
+            Allocation::Unsupported => self.preallocating = false,
+            // The record may still fit; writing it grows the file as without
+            // preallocation, and a write that finds no space fails as before.
+            Allocation::NoSpace => {}
+        }
+        Ok(())
+    }
+
+    /// The most record bytes the live file holds after its checkpoint before it is
+    /// replaced by a new one.
+    fn records_bytes_max(&self) -> u64 {
+        self.options.log_bytes_max.max(self.checkpoint_bytes)
     }
 
     /// Replaces the log with a checkpoint once the records after the current
@@ -138,7 +207,7 @@ impl Writer {
     /// O(1) per appended byte.
     fn checkpoint_if_due(&mut self) {
         let records_bytes = self.file_bytes - self.checkpoint_bytes;
-        if records_bytes <= self.options.log_bytes_max.max(self.checkpoint_bytes) {
+        if records_bytes <= self.records_bytes_max() {
             return;
         }
         let state = lock(&self.shared).state.clone();
@@ -149,6 +218,9 @@ impl Writer {
                 self.file = file;
                 self.generation = generation;
                 self.file_bytes = bytes;
+                // The new file ends at its checkpoint; `reserve` allocates more
+                // when the first record needs it.
+                self.allocated_bytes = bytes;
                 self.checkpoint_bytes = bytes;
                 // If this removal is lost in a crash, recovery removes the old
                 // generation, since the new one is complete and higher.
@@ -166,4 +238,39 @@ impl Writer {
             }
         }
     }
+}
+
+/// What became of a preallocation request.
+// Elsewhere than Linux every request is `Unsupported`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+enum Allocation {
+    /// The range is allocated and the file at least that long.
+    Done,
+    /// This platform or file system cannot preallocate; stop trying.
+    Unsupported,
+    /// Not enough space for the whole range now; some of it may be allocated.
+    NoSpace,
+}
+
+/// Allocates `length` bytes of `file` from `offset`, extending its size: the new
+/// range reads as zeros. `fallocate` with no flags, the system call under
+/// `posix_fallocate`, without glibc's fallback of writing every block.
+#[cfg(target_os = "linux")]
+fn allocate(file: &File, offset: u64, length: u64) -> std::io::Result<Allocation> {
+    use rustix::io::Errno;
+    loop {
+        return match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, length) {
+            Ok(()) => Ok(Allocation::Done),
+            Err(Errno::INTR) => continue,
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => Ok(Allocation::Unsupported),
+            Err(Errno::NOSPC | Errno::FBIG) => Ok(Allocation::NoSpace),
+            Err(error) => Err(error.into()),
+        };
+    }
+}
+
+/// Other platforms do not preallocate: records grow the file.
+#[cfg(not(target_os = "linux"))]
+fn allocate(_file: &File, _offset: u64, _length: u64) -> std::io::Result<Allocation> {
+    Ok(Allocation::Unsupported)
 }
