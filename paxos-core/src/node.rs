@@ -772,8 +772,8 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         false
     }
 
-    /// Sends what may go now, delivers decisions, makes the writes durable, then
-    /// sends what waited on them. A failed write stops the node.
+    /// Sends what may go now, delivers decisions and events, makes the writes
+    /// durable, then sends what waited on them. A failed write stops the node.
     ///
     /// Decisions go first because none depends on this replica's pending writes:
     /// a slot is chosen only after a quorum made its accept durable (this
@@ -787,8 +787,21 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         for decided in actions.decided {
             self.deliver(decided);
         }
-        if actions.persist.is_deferrable() && self.deferred.ops().len() < DEFERRED_OPS_MAX {
+        // Events go with the decisions they came with, so a failed write below
+        // cannot leave the application with the one and not the other.
+        for event in actions.events {
+            if let Event::LeaderChanged { leader: Some(_), .. } = &event {
+                // Commands forwarded to a leader that is gone may be lost: offer
+                // them again. Their ids make a second copy harmless.
+                self.resubmit(true);
+            }
+            self.event_watchers.retain_mut(|watcher| watcher.try_send(event.clone()).is_ok());
+        }
+        if actions.persist.is_deferrable() {
             self.deferred.merge(actions.persist);
+            if self.deferred.ops().len() >= DEFERRED_OPS_MAX {
+                self.flush_deferred().await?;
+            }
         } else {
             let mut batch = std::mem::take(&mut self.deferred);
             batch.merge(actions.persist);
@@ -808,14 +821,6 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                 // The compaction's write goes out with the next round of actions.
                 let _ = self.replica.compact(applied, Vec::new());
             }
-        }
-        for event in actions.events {
-            if let Event::LeaderChanged { leader: Some(_), .. } = &event {
-                // Commands forwarded to a leader that is gone may be lost: offer
-                // them again. Their ids make a second copy harmless.
-                self.resubmit(true);
-            }
-            self.event_watchers.retain_mut(|watcher| watcher.try_send(event.clone()).is_ok());
         }
         Ok(())
     }

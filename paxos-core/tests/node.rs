@@ -372,3 +372,44 @@ async fn chosen_records_ride_with_the_next_write_and_a_crash_that_loses_them_los
     assert_eq!(handle.get(1).await.unwrap(), Some(second));
     handle.shutdown();
 }
+
+/// The whole Multi-Paxos cluster crashes at once (every driver dropped mid-run,
+/// with whatever chosen records it still held back) and restarts from storage:
+/// every acknowledged command is served again at its index on every node, learned
+/// again from the accepted values the new leader recovers in phase 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_crashes_at_once_serves_every_acknowledged_command_after_restart() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let mut handles = Vec::new();
+    let mut running = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
+        config.election_timeout_ticks = 10;
+        let storage = storages[(id - 1) as usize].clone();
+        let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
+        let (driver, crash) = futures::future::abortable(driver);
+        handles.push(handle);
+        running.push((tokio::spawn(driver), crash));
+    }
+    let mut acknowledged = Vec::new();
+    for sequence in 1..=30u64 {
+        let command = Command::new(1, sequence, format!("c{sequence}").into_bytes());
+        acknowledged.push((add(&handles, (sequence % 3) as usize, command.clone()).await, command));
+    }
+    for (task, crash) in running {
+        crash.abort();
+        assert!(task.await.unwrap().is_err(), "the driver was aborted");
+    }
+
+    let handles = start_cluster(Protocol::Multi, &network, &storages, tokio_spawn).await;
+    for handle in &handles {
+        assert!(applied_at_least(handle, 30).await, "node {} recovered its log", handle.node_id());
+        for (index, command) in &acknowledged {
+            assert_eq!(handle.get(*index).await.unwrap().as_ref(), Some(command), "node {}", handle.node_id());
+        }
+    }
+    for handle in &handles {
+        handle.shutdown();
+    }
+}

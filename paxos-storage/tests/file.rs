@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use paxos_core::{Ballot, Command, DurableState, Snapshot, Storage, StorageOp, Value};
-use paxos_storage::{FileError, FileOptions, FileStorage};
+use paxos_storage::{FileError, FileOptions, FileStats, FileStorage};
 
 const LOG_NAME: &str = "wal-0000000000000000.log";
 
@@ -331,6 +331,25 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
 
+/// The storage's stats with its live log's size on disk, read consistently: the
+/// writer may switch to a new generation (and delete the old file) right after it
+/// answered an append, so read again until the stats are the same on both sides
+/// of the file's size (a switch takes a few file operations; give up after 10 s).
+fn stats_and_file_len(storage: &FileStorage, dir: &Path) -> (FileStats, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = storage.stats();
+        let path = dir.join(format!("wal-{:016x}.log", before.generation));
+        let len = std::fs::metadata(&path).ok().map(|metadata| metadata.len());
+        let after = storage.stats();
+        if let (Some(len), true) = (len, before == after) {
+            return (after, len);
+        }
+        assert!(Instant::now() < deadline, "the log kept changing: {after:?}");
+        std::thread::yield_now();
+    }
+}
+
 /// Whether this platform preallocates (the writer falls back to growing elsewhere).
 const PREALLOCATES: bool = cfg!(target_os = "linux");
 
@@ -465,9 +484,7 @@ fn checkpoints_work_with_preallocation() {
         }
         block_on(storage.append(&batch)).unwrap();
         batches.push(batch);
-        let stats = storage.stats();
-        let path = dir.path().join(format!("wal-{:016x}.log", stats.generation));
-        let on_disk = file_len(&path);
+        let (stats, on_disk) = stats_and_file_len(&storage, dir.path());
         assert!(on_disk >= stats.log_bytes, "slot {slot}: {stats:?}, {on_disk} bytes on disk");
         assert!(on_disk - stats.log_bytes <= step, "slot {slot}: at most one step ahead, {stats:?}, {on_disk}");
         if on_disk > stats.log_bytes {

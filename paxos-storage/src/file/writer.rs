@@ -3,9 +3,10 @@
 //!
 //! Records go at the logical end of the log (`file_bytes`), which may lie before the
 //! physical end: the writer preallocates space ahead of the records
-//! ([`FileOptions::preallocate_bytes`]) and makes the new size durable once, so each
-//! group's `fdatasync` has only the data to flush, not a new file size and new
-//! blocks. The bytes between the logical and the physical end are zeros, which
+//! ([`FileOptions::preallocate_bytes`]) and makes the new size durable once, so a
+//! group's `fdatasync` need not make a new file size or newly allocated blocks
+//! durable (the file system still marks the reserved blocks written, a smaller
+//! metadata change). The bytes between the logical and the physical end are zeros, which
 //! recovery reads as the clean end of the log.
 
 use std::fs::File;
@@ -46,6 +47,8 @@ pub(crate) struct Writer {
     /// Whether to preallocate: `preallocate_bytes` is not 0 and the file system
     /// has not refused it.
     preallocating: bool,
+    /// The file system had no room for the last preallocation of this generation.
+    no_space_in_generation: bool,
     /// Bytes of the live file's header and checkpoint.
     checkpoint_bytes: u64,
     shared: Arc<Mutex<Shared>>,
@@ -76,6 +79,7 @@ impl Writer {
             file_bytes,
             allocated_bytes,
             preallocating,
+            no_space_in_generation: false,
             checkpoint_bytes,
             shared,
             buffer: Vec::new(),
@@ -172,7 +176,7 @@ impl Writer {
     /// off, unsupported, or no space for it) the write simply grows the file.
     fn reserve(&mut self, record_bytes: u64) -> std::io::Result<()> {
         let end = self.file_bytes + record_bytes;
-        if !self.preallocating || end <= self.allocated_bytes {
+        if !self.preallocating || self.no_space_in_generation || end <= self.allocated_bytes {
             return Ok(());
         }
         let end_max = self.checkpoint_bytes + self.records_bytes_max();
@@ -190,7 +194,9 @@ impl Writer {
             Allocation::Unsupported => self.preallocating = false,
             // The record may still fit; writing it grows the file as without
             // preallocation, and a write that finds no space fails as before.
-            Allocation::NoSpace => {}
+            // Not asking again until the next checkpoint spares every group a
+            // failing system call while the disk stays full.
+            Allocation::NoSpace => self.no_space_in_generation = true,
         }
         Ok(())
     }
@@ -221,6 +227,7 @@ impl Writer {
                 // The new file ends at its checkpoint; `reserve` allocates more
                 // when the first record needs it.
                 self.allocated_bytes = bytes;
+                self.no_space_in_generation = false;
                 self.checkpoint_bytes = bytes;
                 // If this removal is lost in a crash, recovery removes the old
                 // generation, since the new one is complete and higher.
