@@ -419,21 +419,28 @@ fn without_preallocation_the_file_is_exactly_its_records() {
     assert_eq!(file_len(&path), storage.stats().log_bytes);
 }
 
+/// Builds a log in `dir` with 64 KiB preallocation; returns its path, the
+/// batches, the record boundaries and the file's bytes, zero tail included.
+fn preallocated_log(dir: &Path) -> (std::path::PathBuf, Vec<Vec<StorageOp>>, Vec<u64>, Vec<u8>) {
+    let path = dir.join(LOG_NAME);
+    let (batches, boundaries) =
+        build_log_with(dir, FileOptions { preallocate_bytes: 64 << 10, ..FileOptions::default() });
+    let bytes = std::fs::read(&path).unwrap();
+    if PREALLOCATES {
+        assert!(bytes.len() as u64 > *boundaries.last().unwrap(), "the log was preallocated");
+    }
+    (path, batches, boundaries, bytes)
+}
+
 /// A real preallocated log whose last record lost its second half (a torn write
 /// whose end never reached the disk, so zeros follow): the record is a torn tail,
 /// the rest is recovered, and the file is cut at the last intact record.
 #[test]
 fn a_torn_record_followed_by_a_preallocated_zero_tail_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(LOG_NAME);
-    let (batches, boundaries) =
-        build_log_with(dir.path(), FileOptions { preallocate_bytes: 64 << 10, ..FileOptions::default() });
-    let mut bytes = std::fs::read(&path).unwrap();
+    let (path, batches, boundaries, mut bytes) = preallocated_log(dir.path());
     let last = boundaries.len() - 2;
     let (start, end) = (boundaries[last] as usize, boundaries[last + 1] as usize);
-    if PREALLOCATES {
-        assert!(bytes.len() > end, "the log was preallocated");
-    }
     let middle = start + (end - start) / 2;
     bytes[middle..end].fill(0);
     std::fs::write(&path, &bytes).unwrap();
@@ -449,13 +456,7 @@ fn a_torn_record_followed_by_a_preallocated_zero_tail_is_a_torn_tail() {
 #[test]
 fn damage_followed_by_an_intact_record_in_a_preallocated_log_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(LOG_NAME);
-    let (_, boundaries) =
-        build_log_with(dir.path(), FileOptions { preallocate_bytes: 64 << 10, ..FileOptions::default() });
-    let mut bytes = std::fs::read(&path).unwrap();
-    if PREALLOCATES {
-        assert!(bytes.len() as u64 > *boundaries.last().unwrap(), "the log was preallocated");
-    }
+    let (path, _, boundaries, mut bytes) = preallocated_log(dir.path());
     bytes[boundaries[3] as usize + 10] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     let error = FileStorage::open(dir.path(), FileOptions::default()).unwrap_err();
