@@ -143,13 +143,7 @@ fn checkpoints_keep_disk_use_bounded_under_compaction() {
     let mut largest = 0u64;
     block_on(async {
         for slot in 1..=3000u64 {
-            let mut batch = vec![
-                StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 64) },
-                StorageOp::Chosen { slot, value: None },
-            ];
-            if slot % 50 == 0 {
-                batch.push(StorageOp::Compact(Snapshot { through_slot: slot - 10, ..Snapshot::default() }));
-            }
+            let batch = compacting_batch(slot);
             storage.append(&batch).await.unwrap();
             batches.push(batch);
             let bytes: u64 =
@@ -326,6 +320,19 @@ fn corruption_in_the_middle_is_reported_and_the_file_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was truncated or repaired");
 }
 
+/// The ops a compacting replica writes for `slot`: its accept and chosen record,
+/// and every 50 slots a compaction through 10 slots back.
+fn compacting_batch(slot: u64) -> Vec<StorageOp> {
+    let mut batch = vec![
+        StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 64) },
+        StorageOp::Chosen { slot, value: None },
+    ];
+    if slot.is_multiple_of(50) {
+        batch.push(StorageOp::Compact(Snapshot { through_slot: slot - 10, ..Snapshot::default() }));
+    }
+    batch
+}
+
 /// The live log's size on disk, preallocated space included.
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
@@ -476,13 +483,7 @@ fn checkpoints_work_with_preallocation() {
     let mut batches = Vec::new();
     let mut preallocated_generations = std::collections::BTreeSet::new();
     for slot in 1..=600u64 {
-        let mut batch = vec![
-            StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 64) },
-            StorageOp::Chosen { slot, value: None },
-        ];
-        if slot % 50 == 0 {
-            batch.push(StorageOp::Compact(Snapshot { through_slot: slot - 10, ..Snapshot::default() }));
-        }
+        let batch = compacting_batch(slot);
         block_on(storage.append(&batch)).unwrap();
         batches.push(batch);
         let (stats, on_disk) = stats_and_file_len(&storage, dir.path());
