@@ -1,6 +1,7 @@
 //! The protocol alone: sans-IO replicas driven in one thread, messages passed in
-//! a `VecDeque`, no runtime, no serialization, storage an in-memory log of
-//! ops per replica ([`MemoryLog`]). What it measures is the cost of the protocol.
+//! per-replica outboxes (`Vec`s), no runtime, no serialization, storage an
+//! in-memory log of ops per replica ([`MemoryLog`]). What it measures is the
+//! cost of the protocol.
 //!
 //! The load is a closed loop of `in_flight` clients: each has one command
 //! outstanding, and when the proposing replica applies it (it shows up in
@@ -9,13 +10,12 @@
 //! what the clients submitted, deliver every queued message, then carry out every
 //! replica's actions (sends, persist-then-send, decisions).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use paxos_core::{
-    new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing, ProposeError,
-    Replica, Role, Slot, StorageOp,
+    new_replica, Actions, Ballot, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing,
+    ProposeError, Replica, Role, Slot, StorageOp, Value,
 };
 
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
@@ -44,7 +44,54 @@ pub const ELECTION_TICKS_MAX: u64 = 10_000;
 #[derive(Clone, Debug, Default)]
 pub struct MemoryLog {
     checkpoint: DurableState,
-    ops: Vec<StorageOp>,
+    ops: Vec<HeldOp>,
+}
+
+/// A [`StorageOp`] as the log holds it. The ops every command writes are kept
+/// without the room a `StorageOp` has for a snapshot, a third of its size.
+#[derive(Clone, Debug)]
+enum HeldOp {
+    Accept {
+        slot: Slot,
+        ballot: Ballot,
+        value: Value,
+    },
+    /// `StorageOp::Chosen` without a value.
+    Chosen {
+        slot: Slot,
+    },
+    PromiseSlot {
+        slot: Slot,
+        ballot: Ballot,
+    },
+    Other(Box<StorageOp>),
+}
+
+impl HeldOp {
+    #[cold]
+    fn boxed(op: &StorageOp) -> HeldOp {
+        HeldOp::Other(Box::new(op.clone()))
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        match self {
+            HeldOp::Accept { slot, .. } | HeldOp::Chosen { slot } | HeldOp::PromiseSlot { slot, .. } => Some(*slot),
+            HeldOp::Other(op) => op_slot(op),
+        }
+    }
+
+    fn apply_to(&self, state: &mut DurableState) {
+        match self {
+            HeldOp::Accept { slot, ballot, value } => {
+                state.apply(&StorageOp::Accept { slot: *slot, ballot: *ballot, value: value.clone() })
+            }
+            HeldOp::Chosen { slot } => state.apply(&StorageOp::Chosen { slot: *slot, value: None }),
+            HeldOp::PromiseSlot { slot, ballot } => {
+                state.apply(&StorageOp::PromiseSlot { slot: *slot, ballot: *ballot })
+            }
+            HeldOp::Other(op) => state.apply(op),
+        }
+    }
 }
 
 fn op_slot(op: &StorageOp) -> Option<Slot> {
@@ -58,27 +105,41 @@ fn op_slot(op: &StorageOp) -> Option<Slot> {
 
 impl MemoryLog {
     /// Makes `ops` durable (in memory), in order.
+    #[inline]
     pub fn append(&mut self, ops: &[StorageOp]) {
         for op in ops {
-            if let StorageOp::Compact(snapshot) = op {
-                let through = snapshot.through_slot;
-                for earlier in self.ops.drain(..) {
-                    if op_slot(&earlier).is_none_or(|slot| slot > through) {
-                        self.checkpoint.apply(&earlier);
-                    }
+            let held = match op {
+                StorageOp::Accept { slot, ballot, value } => {
+                    HeldOp::Accept { slot: *slot, ballot: *ballot, value: value.clone() }
                 }
-                self.checkpoint.apply(op);
-            } else {
-                self.ops.push(op.clone());
-            }
+                StorageOp::Chosen { slot, value: None } => HeldOp::Chosen { slot: *slot },
+                StorageOp::PromiseSlot { slot, ballot } => HeldOp::PromiseSlot { slot: *slot, ballot: *ballot },
+                StorageOp::Compact(snapshot) => {
+                    self.fold(op, snapshot.through_slot);
+                    continue;
+                }
+                other => HeldOp::boxed(other),
+            };
+            self.ops.push(held);
         }
+    }
+
+    /// Applies `compact` (through `through`) after every held op of a slot it
+    /// does not cover, and drops the others: what replaying would leave.
+    #[inline(never)]
+    fn fold(&mut self, compact: &StorageOp, through: Slot) {
+        self.ops.retain(|held| held.slot().is_none_or(|slot| slot > through));
+        for earlier in self.ops.drain(..) {
+            earlier.apply_to(&mut self.checkpoint);
+        }
+        self.checkpoint.apply(compact);
     }
 
     /// The state a replica would recover: the checkpoint with the log replayed.
     pub fn load(&self) -> DurableState {
         let mut state = self.checkpoint.clone();
         for op in &self.ops {
-            state.apply(op);
+            op.apply_to(&mut state);
         }
         state
     }
@@ -127,9 +188,10 @@ pub struct LoopCluster {
     durable: Vec<MemoryLog>,
     compacted_through: Vec<Slot>,
     compacted_commands: Vec<u64>,
-    queue: VecDeque<(NodeId, Outgoing)>,
+    /// Per replica: the messages it sent in the last round (its sends, then the
+    /// ones its writes released, each in order), delivered at the start of the next round.
+    outboxes: Vec<Vec<Outgoing>>,
     actions: Actions,
-    released: Vec<Outgoing>,
     proposer: usize,
     logs: Vec<AppliedLog>,
     submitted: Submitted,
@@ -174,9 +236,8 @@ impl LoopCluster {
             durable: vec![MemoryLog::default(); spec.replicas],
             compacted_through: vec![0; spec.replicas],
             compacted_commands: vec![0; spec.replicas],
-            queue: VecDeque::new(),
+            outboxes: vec![Vec::new(); spec.replicas],
             actions: Actions::default(),
-            released: Vec::new(),
             proposer: 0,
             logs: vec![AppliedLog::default(); spec.replicas],
             submitted: Submitted::default(),
@@ -253,18 +314,23 @@ impl LoopCluster {
             self.stepped[self.proposer] = true;
             progress = true;
         }
-        let deliveries = self.queue.len();
-        for _ in 0..deliveries {
-            let Some((from, outgoing)) = self.queue.pop_front() else { break };
-            let to = (outgoing.to - 1) as usize;
-            self.replicas[to].on_message(from, outgoing.message);
-            self.stepped[to] = true;
+        // Last round's messages, sender by sender, each sender's in the order it
+        // sent them: the order one queue of every message would give.
+        for (position, outbox) in self.outboxes.iter_mut().enumerate() {
+            if outbox.is_empty() {
+                continue;
+            }
+            progress = true;
+            let from = position as NodeId + 1;
+            for Outgoing { to, message } in outbox.drain(..) {
+                let to = (to - 1) as usize;
+                self.replicas[to].on_message(from, message);
+                self.stepped[to] = true;
+            }
         }
-        progress |= deliveries > 0;
         // Fields are borrowed one by one (no `self` method calls here), so the
         // action buffers are used in place and keep their allocations.
         let actions = &mut self.actions;
-        let released = &mut self.released;
         for position in 0..self.replicas.len() {
             if !std::mem::replace(&mut self.stepped[position], false) {
                 continue;
@@ -274,32 +340,40 @@ impl LoopCluster {
                 continue;
             }
             progress = true;
-            let id = position as NodeId + 1;
-            for outgoing in actions.send.drain(..) {
-                self.queue.push_back((id, outgoing));
-            }
+            // The outbox was emptied above: it takes the sends as they are, then
+            // the messages released once their writes are in the log.
+            let outbox = &mut self.outboxes[position];
+            std::mem::swap(outbox, &mut actions.send);
             let durable = &mut self.durable[position];
             let written = actions.persist.persist_with_into(
                 |ops| {
                     durable.append(ops);
                     Ok::<(), Infallible>(())
                 },
-                released,
+                outbox,
             );
             match written {
                 Ok(()) => {}
                 Err(never) => match never {},
             }
-            for outgoing in released.drain(..) {
-                self.queue.push_back((id, outgoing));
-            }
             let log = &mut self.logs[position];
             let is_proposer = position == self.proposer;
             for decided in &actions.decided {
-                for (index, command) in decided.entries() {
-                    log.record(index, decided.slot, command.id);
+                if decided.duplicates.is_empty() {
+                    // Every command is fresh: what `entries` gives, without looking for duplicates.
+                    let commands = decided.value.commands();
+                    for (index, command) in (decided.first_index..).zip(commands) {
+                        log.record(index, decided.slot, command.id);
+                    }
                     if is_proposer {
-                        self.just_completed.push((command.id.client - 1) as u32);
+                        self.just_completed.extend(commands.iter().map(|command| (command.id.client - 1) as u32));
+                    }
+                } else {
+                    for (index, command) in decided.entries() {
+                        log.record(index, decided.slot, command.id);
+                        if is_proposer {
+                            self.just_completed.push((command.id.client - 1) as u32);
+                        }
                     }
                 }
             }
@@ -311,7 +385,9 @@ impl LoopCluster {
                     }
                 }
             }
-            actions.clear();
+            // `send` and `persist` are empty now; only these two hold anything.
+            actions.decided.clear();
+            actions.events.clear();
         }
         if !self.just_completed.is_empty() {
             let now = if self.recording || self.refill { Instant::now() } else { self.started };
