@@ -563,12 +563,12 @@ mod tests {
             ops.push(accept(slot, 3));
             ops.push(StorageOp::Chosen { slot, value: None });
         }
-        ops.push(StorageOp::Compact(Snapshot {
+        ops.push(StorageOp::Compact(Box::new(Snapshot {
             through_slot: 6,
             next_index: 6,
             dedup_through: 10,
             ..Snapshot::default()
-        }));
+        })));
         ops.push(accept(11, 4));
         ops.push(StorageOp::PromiseSlot { slot: 12, ballot: Ballot::new(5, 2) });
         for chunk in ops.chunks(3) {

@@ -299,7 +299,7 @@ impl Replica for BasicPaxos {
                 self.core.request_catch_up(from);
             }
             Message::InstallSnapshot { snapshot } => {
-                if self.core.on_install_snapshot(from, snapshot) {
+                if self.core.on_install_snapshot(from, *snapshot) {
                     // Instances for slots the snapshot covers are decided: retry their values.
                     self.retire_decided();
                     self.flush();

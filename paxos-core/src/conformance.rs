@@ -69,14 +69,14 @@ where
     assert_eq!(storage.load().await.expect("load"), replay(&written), "later appends apply after earlier ones");
 
     // A compaction replaces the prefix with a snapshot.
-    let compact = StorageOp::Compact(crate::storage::Snapshot {
+    let compact = StorageOp::Compact(Box::new(crate::storage::Snapshot {
         through_slot: 1,
         next_index: 1,
         clients: vec![crate::storage::ClientDedup { client: 1, highest: 1, applied: vec![2; 64] }],
         dedup_through: 2,
         duplicates: vec![(2, vec![0])],
         data: b"application state".to_vec(),
-    });
+    }));
     storage.append(std::slice::from_ref(&compact)).await.expect("append compaction");
     written.push(compact);
     assert_eq!(storage.load().await.expect("load"), replay(&written), "a compaction is durable like any op");

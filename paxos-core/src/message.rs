@@ -184,7 +184,7 @@ pub enum Message {
     /// instead. The receiver installs it and asks for the slots after it.
     InstallSnapshot {
         /// The snapshot.
-        snapshot: crate::storage::Snapshot,
+        snapshot: Box<crate::storage::Snapshot>,
     },
     /// A follower passes client commands on to the leader it knows.
     Forward {

@@ -476,7 +476,7 @@ impl Replica for MultiPaxos {
             Message::CatchUp { first_slot, values } => self.core.on_catch_up(from, first_slot, values),
             Message::InstallSnapshot { snapshot } => {
                 let through = snapshot.through_slot;
-                if self.core.on_install_snapshot(from, snapshot) {
+                if self.core.on_install_snapshot(from, *snapshot) {
                     if let Some(own) = self.own_ballot() {
                         // We were behind; let an up-to-date replica lead.
                         self.step_down(own);

@@ -333,7 +333,7 @@ impl Core {
         if let Some(snapshot) = &self.snapshot {
             if from_slot <= snapshot.through_slot {
                 tracing::debug!(node = self.id(), peer = from, through = snapshot.through_slot, "sending snapshot");
-                let snapshot = snapshot.clone();
+                let snapshot = Box::new(snapshot.clone());
                 self.actions.send(from, Message::InstallSnapshot { snapshot });
                 return;
             }
@@ -376,7 +376,7 @@ impl Core {
             data,
         };
         tracing::info!(node = self.id(), through_slot, "compacting the log");
-        self.actions.persist.push_op(StorageOp::Compact(snapshot.clone()));
+        self.actions.persist.push_op(StorageOp::Compact(Box::new(snapshot.clone())));
         self.acceptor.discard_below(through_slot + 1);
         self.learner.discard_through(through_slot);
         self.snapshot = Some(snapshot);
@@ -389,7 +389,7 @@ impl Core {
             return false;
         }
         tracing::info!(node = self.id(), peer = from, through = snapshot.through_slot, "installed a peer's snapshot");
-        self.actions.persist.push_op(StorageOp::Compact(snapshot.clone()));
+        self.actions.persist.push_op(StorageOp::Compact(Box::new(snapshot.clone())));
         self.acceptor.discard_below(snapshot.through_slot + 1);
         self.known_chosen_through = self.known_chosen_through.max(snapshot.through_slot);
         self.snapshot = Some(snapshot.clone());

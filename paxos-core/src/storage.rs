@@ -40,7 +40,7 @@ pub enum StorageOp {
     Round(u64),
     /// Slots up to `through_slot` are replaced by a snapshot; their state may be
     /// discarded. Storage backends use this to keep disk use bounded.
-    Compact(Snapshot),
+    Compact(Box<Snapshot>),
     /// The learner knows `slot` is chosen. `value` is `None` when the chosen value
     /// is the one this node accepted for `slot` (the common case, which saves
     /// writing the value twice), and `Some` when it was learned from a peer.
@@ -130,7 +130,7 @@ impl DurableState {
                 let newer = self.snapshot.as_ref().is_none_or(|held| held.through_slot < snapshot.through_slot);
                 if newer {
                     self.slots.retain(|slot, _| *slot > snapshot.through_slot);
-                    self.snapshot = Some(snapshot.clone());
+                    self.snapshot = Some(Snapshot::clone(snapshot));
                 }
             }
             StorageOp::Chosen { slot, value } => {

@@ -178,12 +178,12 @@ fn build_log_with(dir: &Path, options: FileOptions) -> (Vec<Vec<StorageOp>>, Vec
                 StorageOp::PromiseSlot { slot: 100 + index, ballot: Ballot::new(index, 3) },
                 StorageOp::Accept { slot: 100 + index, ballot: Ballot::new(index, 3), value: Value::Noop },
             ],
-            _ => vec![StorageOp::Compact(Snapshot {
+            _ => vec![StorageOp::Compact(Box::new(Snapshot {
                 through_slot: index - 2,
                 next_index: index,
                 data: vec![7; 20],
                 ..Snapshot::default()
-            })],
+            }))],
         };
         block_on(storage.append(&batch)).unwrap();
         batches.push(batch);
@@ -328,7 +328,7 @@ fn compacting_batch(slot: u64) -> Vec<StorageOp> {
         StorageOp::Chosen { slot, value: None },
     ];
     if slot.is_multiple_of(50) {
-        batch.push(StorageOp::Compact(Snapshot { through_slot: slot - 10, ..Snapshot::default() }));
+        batch.push(StorageOp::Compact(Box::new(Snapshot { through_slot: slot - 10, ..Snapshot::default() })));
     }
     batch
 }
