@@ -60,7 +60,12 @@ impl<T: Default> SlotMap<T> {
             return;
         }
         let count = ((slot - self.first) as usize).min(self.entries.len());
-        self.entries.drain(..count);
+        if count == 1 {
+            // The hot path: the commit point moved by one slot.
+            self.entries.pop_front();
+        } else {
+            self.entries.drain(..count);
+        }
         self.first = slot;
     }
 
