@@ -296,12 +296,12 @@ impl Core {
         if slot <= self.learner.applied_through() {
             return false;
         }
-        if !self.learner.learn(slot, value.clone()) {
+        let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
+        let record = if same_as_accepted { None } else { Some(value.clone()) };
+        if !self.learner.learn(slot, value) {
             return false;
         }
-        let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
-        let value = if same_as_accepted { None } else { Some(value) };
-        self.actions.persist.push_op(StorageOp::Chosen { slot, value });
+        self.actions.persist.push_op(StorageOp::Chosen { slot, value: record });
         self.known_chosen_through = self.known_chosen_through.max(slot.min(self.learner.chosen_end() - 1));
         true
     }
