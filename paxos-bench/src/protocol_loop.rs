@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use paxos_core::{
-    new_replica, Actions, Ballot, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing,
-    ProposeError, Replica, Role, Slot, StorageOp, Value,
+    new_replica, Actions, Command, CommandId, Config, ConfigError, DurableState, Event, NodeId, Outgoing, ProposeError,
+    Replica, Role, Slot, StorageOp,
 };
 
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
@@ -44,54 +44,7 @@ pub const ELECTION_TICKS_MAX: u64 = 10_000;
 #[derive(Clone, Debug, Default)]
 pub struct MemoryLog {
     checkpoint: DurableState,
-    ops: Vec<HeldOp>,
-}
-
-/// A [`StorageOp`] as the log holds it. The ops every command writes are kept
-/// without the room a `StorageOp` has for a snapshot, a third of its size.
-#[derive(Clone, Debug)]
-enum HeldOp {
-    Accept {
-        slot: Slot,
-        ballot: Ballot,
-        value: Value,
-    },
-    /// `StorageOp::Chosen` without a value.
-    Chosen {
-        slot: Slot,
-    },
-    PromiseSlot {
-        slot: Slot,
-        ballot: Ballot,
-    },
-    Other(Box<StorageOp>),
-}
-
-impl HeldOp {
-    #[cold]
-    fn boxed(op: &StorageOp) -> HeldOp {
-        HeldOp::Other(Box::new(op.clone()))
-    }
-
-    fn slot(&self) -> Option<Slot> {
-        match self {
-            HeldOp::Accept { slot, .. } | HeldOp::Chosen { slot } | HeldOp::PromiseSlot { slot, .. } => Some(*slot),
-            HeldOp::Other(op) => op_slot(op),
-        }
-    }
-
-    fn apply_to(&self, state: &mut DurableState) {
-        match self {
-            HeldOp::Accept { slot, ballot, value } => {
-                state.apply(&StorageOp::Accept { slot: *slot, ballot: *ballot, value: value.clone() })
-            }
-            HeldOp::Chosen { slot } => state.apply(&StorageOp::Chosen { slot: *slot, value: None }),
-            HeldOp::PromiseSlot { slot, ballot } => {
-                state.apply(&StorageOp::PromiseSlot { slot: *slot, ballot: *ballot })
-            }
-            HeldOp::Other(op) => state.apply(op),
-        }
-    }
+    ops: Vec<StorageOp>,
 }
 
 fn op_slot(op: &StorageOp) -> Option<Slot> {
@@ -108,19 +61,11 @@ impl MemoryLog {
     #[inline]
     pub fn append(&mut self, ops: &[StorageOp]) {
         for op in ops {
-            let held = match op {
-                StorageOp::Accept { slot, ballot, value } => {
-                    HeldOp::Accept { slot: *slot, ballot: *ballot, value: value.clone() }
-                }
-                StorageOp::Chosen { slot, value: None } => HeldOp::Chosen { slot: *slot },
-                StorageOp::PromiseSlot { slot, ballot } => HeldOp::PromiseSlot { slot: *slot, ballot: *ballot },
-                StorageOp::Compact(snapshot) => {
-                    self.fold(op, snapshot.through_slot);
-                    continue;
-                }
-                other => HeldOp::boxed(other),
-            };
-            self.ops.push(held);
+            if let StorageOp::Compact(snapshot) = op {
+                self.fold(op, snapshot.through_slot);
+            } else {
+                self.ops.push(op.clone());
+            }
         }
     }
 
@@ -128,9 +73,9 @@ impl MemoryLog {
     /// does not cover, and drops the others: what replaying would leave.
     #[inline(never)]
     fn fold(&mut self, compact: &StorageOp, through: Slot) {
-        self.ops.retain(|held| held.slot().is_none_or(|slot| slot > through));
+        self.ops.retain(|held| op_slot(held).is_none_or(|slot| slot > through));
         for earlier in self.ops.drain(..) {
-            earlier.apply_to(&mut self.checkpoint);
+            self.checkpoint.apply(&earlier);
         }
         self.checkpoint.apply(compact);
     }
@@ -139,7 +84,7 @@ impl MemoryLog {
     pub fn load(&self) -> DurableState {
         let mut state = self.checkpoint.clone();
         for op in &self.ops {
-            op.apply_to(&mut state);
+            state.apply(op);
         }
         state
     }
