@@ -29,6 +29,11 @@ pub const COMPACT_EVERY_SLOTS: u64 = 16_384;
 /// See [`COMPACT_EVERY_SLOTS`]. Each snapshot copies every client's dedup window,
 /// so compacting much more often would cost more than the protocol itself.
 pub const COMPACT_EVERY_COMMANDS: u64 = 1 << 18;
+/// One command in this many has its commit latency timed, picked by submission
+/// order (which has nothing to do with how long a command takes, so the sample is
+/// unbiased). Reading the clock for every command would cost as much as a
+/// fifth of the protocol's work at one command in flight.
+pub const LATENCY_SAMPLE_EVERY: u64 = 16;
 /// Most consecutive idle rounds (each one a tick of every replica) before a run gives up.
 pub const IDLE_TICKS_MAX: u64 = 10_000;
 /// Most wall-clock time `finish` spends draining and catching up.
@@ -141,9 +146,12 @@ pub struct LoopCluster {
     logs: Vec<AppliedLog>,
     submitted: Submitted,
     payload: Vec<u8>,
-    /// Per client (index = client id - 1): next sequence, and when its outstanding command was submitted.
+    /// Per client (index = client id - 1): next sequence, and when its outstanding
+    /// command was submitted if that command is timed (see [`LATENCY_SAMPLE_EVERY`]).
     next_sequence: Vec<u64>,
-    submitted_at: Vec<Instant>,
+    submitted_at: Vec<Option<Instant>>,
+    /// Commands submitted so far, retries not counted.
+    submissions: u64,
     /// Commands submitted by clients and not yet proposed.
     ready: Vec<Command>,
     /// Clients whose command was applied at the proposer this round.
@@ -152,13 +160,8 @@ pub struct LoopCluster {
     completed: u64,
     refill: bool,
     recording: bool,
-    /// Latency is sampled on every `latency_stride`-th client (at least 64 clients
-    /// when there are that many): reading the clock per command would cost more
-    /// than the protocol at high rates, and every client sees the same distribution.
-    latency_stride: usize,
     measurement: Measurement,
     rounds: u64,
-    started: Instant,
 }
 
 impl LoopCluster {
@@ -174,7 +177,6 @@ impl LoopCluster {
             config.pending_commands_max = config.pending_commands_max.max(2 * spec.in_flight);
             replicas.push(new_replica(config, &DurableState::default())?);
         }
-        let now = Instant::now();
         let mut cluster = LoopCluster {
             // Restored replicas may start with actions (the recovered log to deliver).
             stepped: vec![true; spec.replicas],
@@ -188,24 +190,24 @@ impl LoopCluster {
             submitted: Submitted::default(),
             payload: vec![0xA5; spec.command_bytes],
             next_sequence: vec![0; spec.in_flight],
-            submitted_at: vec![now; spec.in_flight],
+            submitted_at: vec![None; spec.in_flight],
+            submissions: 0,
             ready: Vec::with_capacity(spec.in_flight),
             just_completed: Vec::with_capacity(spec.in_flight),
             outstanding: 0,
             completed: 0,
             refill: true,
             recording: false,
-            latency_stride: (spec.in_flight / 64).max(1),
             measurement: Measurement::new(),
             rounds: 0,
-            started: now,
             replicas,
         };
         if spec.protocol == crate::ProtocolKind::Multi {
             cluster.proposer = cluster.elect()?;
         }
+        let mut clock = None;
         for client in 0..spec.in_flight {
-            cluster.submit(client, now);
+            cluster.submit(client, &mut clock);
         }
         Ok(cluster)
     }
@@ -235,14 +237,16 @@ impl LoopCluster {
         self.proposer
     }
 
-    fn submit(&mut self, client: usize, now: Instant) {
+    /// Submits `client`'s next command. `clock` is the round's time, read at
+    /// most once a round and only when a timed command needs it.
+    fn submit(&mut self, client: usize, clock: &mut Option<Instant>) {
         let sequence = self.next_sequence[client];
         self.next_sequence[client] += 1;
         let id = CommandId { client: client as u64 + 1, sequence };
         self.submitted.record(id);
-        if client.is_multiple_of(self.latency_stride) {
-            self.submitted_at[client] = now;
-        }
+        let timed = self.submissions.is_multiple_of(LATENCY_SAMPLE_EVERY);
+        self.submissions += 1;
+        self.submitted_at[client] = timed.then(|| *clock.get_or_insert_with(Instant::now));
         self.ready.push(Command { id, payload: self.payload.clone() });
         self.outstanding += 1;
     }
@@ -335,17 +339,20 @@ impl LoopCluster {
             actions.events.clear();
         }
         if !self.just_completed.is_empty() {
-            let now = if self.recording || self.refill { Instant::now() } else { self.started };
+            let mut clock = None;
             let mut completed = std::mem::take(&mut self.just_completed);
             for client in completed.drain(..) {
                 let client = client as usize;
-                if self.recording && client.is_multiple_of(self.latency_stride) {
-                    self.measurement.record_latency(now.saturating_duration_since(self.submitted_at[client]));
+                if let Some(submitted_at) = self.submitted_at[client].take() {
+                    if self.recording {
+                        let now = *clock.get_or_insert_with(Instant::now);
+                        self.measurement.record_latency(now.saturating_duration_since(submitted_at));
+                    }
                 }
                 self.outstanding -= 1;
                 self.completed += 1;
                 if self.refill {
-                    self.submit(client, now);
+                    self.submit(client, &mut clock);
                 }
             }
             self.just_completed = completed;

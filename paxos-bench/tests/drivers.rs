@@ -64,6 +64,16 @@ fn protocol_loop_measurement_reports_rate_and_latency() {
     assert!(measurement.ops_per_sec() > 0.0);
     assert!(measurement.latency_samples() > 0);
     assert!(measurement.latency_percentile_us(99.0) >= measurement.latency_percentile_us(50.0));
+    // One command in LATENCY_SAMPLE_EVERY is timed; the window may cut into the
+    // outstanding commands at either end.
+    let expected = measurement.commands / paxos_bench::protocol_loop::LATENCY_SAMPLE_EVERY;
+    let samples = measurement.latency_samples() as u64;
+    let slack = spec.in_flight as u64 + 1;
+    assert!(
+        samples + slack >= expected && samples <= expected + slack,
+        "{samples} latency samples for {} commands",
+        measurement.commands
+    );
 }
 
 fn node_cluster_round(spec: &Spec) {
