@@ -4,6 +4,11 @@
 //!
 //! `cargo run --release -p paxos-bench --example loop_profile -- multi 1 100000`
 //! (protocol, commands in flight, commands; 3 replicas, 8-byte commands, batching on).
+//!
+//! Instructions per command, without the set-up and the final check: run it under
+//! `valgrind --tool=callgrind` with 100000 and with 300000 commands and divide the
+//! difference of the two `refs` totals by 200000. The same difference of two
+//! `perf stat -e task-clock` runs gives the time per command.
 
 use anyhow::{bail, Context, Result};
 use paxos_bench::protocol_loop::LoopCluster;
