@@ -293,11 +293,7 @@ impl MultiPaxos {
         let start = self.core.learner.applied_through() + 1;
         let end = chosen_through.min(start + 2 * self.core.config.slots_in_flight_max);
         for slot in start..=end {
-            let Some((accepted_ballot, value)) = self.core.acceptor.accepted(slot) else { continue };
-            if *accepted_ballot == ballot {
-                let value = value.clone();
-                self.core.learn(slot, value);
-            }
+            self.core.learn_accepted(slot, ballot);
         }
         self.core.apply();
         self.core.request_catch_up(leader);

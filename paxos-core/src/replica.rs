@@ -298,6 +298,26 @@ impl Core {
         }
         let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
         let record = if same_as_accepted { None } else { Some(value.clone()) };
+        self.record_chosen(slot, value, record)
+    }
+
+    /// Records `slot` as chosen with the value this replica's acceptor accepted
+    /// for it at `ballot`, if it did: the chosen record then need not carry the value.
+    pub fn learn_accepted(&mut self, slot: Slot, ballot: Ballot) -> bool {
+        if slot <= self.learner.applied_through() {
+            return false;
+        }
+        let Some((accepted_ballot, value)) = self.acceptor.accepted(slot) else { return false };
+        if *accepted_ballot != ballot {
+            return false;
+        }
+        let value = value.clone();
+        self.record_chosen(slot, value, None)
+    }
+
+    /// Learns `slot` and writes its chosen record (`record` is the value when the
+    /// acceptor's copy is not the chosen one).
+    fn record_chosen(&mut self, slot: Slot, value: Value, record: Option<Value>) -> bool {
         if !self.learner.learn(slot, value) {
             return false;
         }
