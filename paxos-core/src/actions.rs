@@ -82,16 +82,18 @@ impl PersistThen {
     }
 
     /// Like [`PersistThen::persist_with`], but keeps this batch's buffers for
-    /// reuse: on success the released messages are moved to the end of `out` and
-    /// the batch is left empty. On error nothing is released and the batch is
-    /// left as it was.
+    /// reuse, and lets `write` take the ops themselves (with `Vec::append`, say)
+    /// rather than copy them, as storage that keeps ops in memory would. On
+    /// success the released messages are moved to the end of `out` and the batch
+    /// is left empty. On error nothing is released and the batch keeps the ops
+    /// `write` left in the vector.
     pub fn persist_with_into<E>(
         &mut self,
-        write: impl FnOnce(&[StorageOp]) -> Result<(), E>,
+        write: impl FnOnce(&mut Vec<StorageOp>) -> Result<(), E>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), E> {
         if !self.ops.is_empty() {
-            write(&self.ops)?;
+            write(&mut self.ops)?;
         }
         self.ops.clear();
         out.append(&mut self.then_send);
