@@ -31,8 +31,10 @@ pub struct Config {
     pub election_timeout_ticks: u64,
     /// Ticks between leader heartbeats. Must be below `election_timeout_ticks`.
     pub heartbeat_ticks: u64,
-    /// Ticks before an unanswered prepare, accept or catch-up request is resent;
-    /// each further resend of the same message waits twice as long, up to 16 times this.
+    /// Ticks before an unanswered prepare, accept or catch-up request is resent.
+    /// A Multi-Paxos leader's accepts and a Basic Paxos instance's prepares and accepts
+    /// wait twice as long for each further resend, up to 16 times this. Catch-up
+    /// requests, and a Multi-Paxos candidate's prepares, are resent every `retransmit_ticks`.
     pub retransmit_ticks: u64,
     /// Most slots a proposer may have proposed but not yet seen chosen (pipelining depth).
     ///

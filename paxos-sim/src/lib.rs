@@ -17,6 +17,9 @@ use paxos_core::harness::{Cluster, FaultCounts, Faults, StorageFaults};
 use paxos_core::rng::Rng;
 use paxos_core::{Ballot, Command, CommandId, NodeId, Protocol, Slot, Value};
 
+/// Steps of the fault phase unless told otherwise (the command line's `--steps` default).
+pub const DEFAULT_STEPS: u64 = 2_000;
+
 /// One simulation run's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimConfig {
@@ -41,7 +44,7 @@ impl SimConfig {
             protocol,
             replicas: if seed.is_multiple_of(2) { 3 } else { 5 },
             seed,
-            steps: 2_000,
+            steps: DEFAULT_STEPS,
             faults: Faults { drop_per_million: 100_000, duplicate_per_million: 50_000, reorder: true },
             storage: StorageFaults { write_delay_max: 20, reply_before_persist: false },
         }
@@ -101,6 +104,8 @@ pub struct Violation {
     pub protocol: Protocol,
     /// The run's seed.
     pub seed: u64,
+    /// Steps of the run's fault phase ([`SimConfig::steps`]); the replay needs them too.
+    pub steps: u64,
     /// The step at which the checker saw it.
     pub step: u64,
     /// What broke.
@@ -115,9 +120,13 @@ impl fmt::Display for Violation {
         };
         write!(
             f,
-            "{protocol} seed {} step {}: {} (replay: cargo xtask sim --seed {} --protocol {protocol})",
+            "{protocol} seed {} step {}: {} (replay: cargo xtask sim --seed {} --protocol {protocol}",
             self.seed, self.step, self.what, self.seed
-        )
+        )?;
+        if self.steps != DEFAULT_STEPS {
+            write!(f, " --steps {}", self.steps)?;
+        }
+        write!(f, ")")
     }
 }
 
@@ -216,7 +225,8 @@ fn submit(cluster: &mut Cluster, command: &Command, node: NodeId) {
 pub fn run(config: &SimConfig) -> Result<Summary, Violation> {
     let mut step = 0u64;
     let outcome = catch_unwind(AssertUnwindSafe(|| run_inner(config, &mut step)));
-    let violation = |what: String| Violation { protocol: config.protocol, seed: config.seed, step, what };
+    let violation =
+        |what: String| Violation { protocol: config.protocol, seed: config.seed, steps: config.steps, step, what };
     match outcome {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(what)) => Err(violation(what)),
@@ -400,4 +410,22 @@ fn run_inner(config: &SimConfig, step: &mut u64) -> Result<Summary, String> {
     summary.submitted = checker.submitted.len() as u64;
     summary.acknowledged = checker.acknowledged.len() as u64;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(steps: u64) -> Violation {
+        Violation { protocol: Protocol::Multi, seed: 42, steps, step: 7, what: "slot 3 decided with two values".into() }
+    }
+
+    #[test]
+    fn the_replay_line_names_the_steps_only_when_they_differ_from_the_default() {
+        let default = violation(DEFAULT_STEPS).to_string();
+        assert!(default.ends_with("(replay: cargo xtask sim --seed 42 --protocol multi)"), "{default}");
+        assert!(!default.contains("--steps"), "{default}");
+        let longer = violation(5_000).to_string();
+        assert!(longer.ends_with("(replay: cargo xtask sim --seed 42 --protocol multi --steps 5000)"), "{longer}");
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use paxos_core::Protocol;
-use paxos_sim::{run, SimConfig, Summary};
+use paxos_sim::{run, SimConfig, Summary, DEFAULT_STEPS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Which::Both)]
     protocol: Which,
     /// Steps in each run's fault phase.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
     steps: u64,
 }
 
