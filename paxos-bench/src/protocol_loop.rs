@@ -266,10 +266,8 @@ impl LoopCluster {
         self.rounds += 1;
         let mut progress = false;
         if !self.ready.is_empty() {
-            // The replica takes the vector; the next round's commands get one of the same size.
-            let capacity = self.ready.len();
-            let commands = std::mem::replace(&mut self.ready, Vec::with_capacity(capacity));
-            self.replicas[self.proposer].propose(commands)?;
+            // The replica takes the commands and leaves the buffer for the next round's.
+            self.replicas[self.proposer].propose_from(&mut self.ready)?;
             self.stepped[self.proposer] = true;
             progress = true;
         }

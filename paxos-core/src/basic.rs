@@ -244,12 +244,12 @@ impl BasicPaxos {
 }
 
 impl Replica for BasicPaxos {
-    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError> {
+    fn propose_from(&mut self, commands: &mut Vec<Command>) -> Result<(), ProposeError> {
         let pending_max = self.core.config.pending_commands_max;
         if self.queue.len() + commands.len() > pending_max {
             return Err(ProposeError::Busy { pending_max });
         }
-        self.queue.extend(commands);
+        self.queue.extend(commands.drain(..));
         self.flush();
         Ok(())
     }

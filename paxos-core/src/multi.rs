@@ -416,19 +416,20 @@ impl MultiPaxos {
 }
 
 impl Replica for MultiPaxos {
-    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError> {
+    fn propose_from(&mut self, commands: &mut Vec<Command>) -> Result<(), ProposeError> {
         match &self.state {
             State::Leader(_) | State::Candidate { .. } => {
                 let pending_max = self.core.config.pending_commands_max;
                 if self.queue.len() + commands.len() > pending_max {
                     return Err(ProposeError::Busy { pending_max });
                 }
-                self.queue.extend(commands);
+                self.queue.extend(commands.drain(..));
                 self.flush();
                 Ok(())
             }
             State::Follower => match self.leader {
                 Some(leader) if leader != self.core.id() => {
+                    let commands = std::mem::take(commands);
                     self.core.actions.send(leader, Message::Forward { commands });
                     Ok(())
                 }
@@ -608,7 +609,7 @@ impl Replica for MultiPaxos {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Outgoing;
+    use crate::message::{CommandId, Outgoing};
     use crate::storage::StorageOp;
 
     fn replica(id: NodeId) -> MultiPaxos {
@@ -746,5 +747,39 @@ mod tests {
             actions.send,
             vec![Outgoing { to: 1, message: Message::Forward { commands: vec![Command::new(5, 1, vec![])] } }]
         );
+    }
+
+    #[test]
+    fn proposing_from_a_buffer_keeps_refused_commands_and_empties_it_otherwise() {
+        let mut follower = replica(2);
+        let mut buffer = vec![Command::new(5, 1, vec![1]), Command::new(5, 2, vec![2])];
+        assert_eq!(follower.propose_from(&mut buffer), Err(ProposeError::NotLeader { leader_hint: None }));
+        assert_eq!(buffer.len(), 2, "refused commands stay with the caller");
+
+        let mut leader = replica(1);
+        for _ in 0..2 * leader.core.config.election_timeout_ticks {
+            leader.tick();
+        }
+        let _ = leader.take_actions();
+        let ballot = leader.own_ballot().unwrap();
+        for peer in [2, 3] {
+            let promise =
+                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+            leader.on_message(peer, promise);
+        }
+        assert_eq!(leader.status().role, Role::Leader);
+        let _ = leader.take_actions();
+        let capacity = buffer.capacity();
+        leader.propose_from(&mut buffer).unwrap();
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.capacity(), capacity, "the buffer keeps its allocation for the next batch");
+        let accepts: Vec<Message> =
+            leader.take_actions().send.into_iter().filter(|o| o.to == 2).map(|o| o.message).collect();
+        let [Message::Accept { values, .. }] = accepts.as_slice() else {
+            panic!("one accept to each peer: {accepts:?}")
+        };
+        let proposed: Vec<CommandId> =
+            values.iter().flat_map(|value| value.commands().iter().map(|command| command.id)).collect();
+        assert_eq!(proposed, vec![CommandId { client: 5, sequence: 1 }, CommandId { client: 5, sequence: 2 }]);
     }
 }

@@ -90,7 +90,14 @@ pub struct Status {
 /// [`Actions`] and carry them out. Nothing here does IO, reads a clock, or spawns.
 pub trait Replica: Send + std::fmt::Debug {
     /// Offers client commands for the log.
-    fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError>;
+    fn propose(&mut self, mut commands: Vec<Command>) -> Result<(), ProposeError> {
+        self.propose_from(&mut commands)
+    }
+    /// [`Replica::propose`] for a driver that reuses one buffer: takes the commands
+    /// out of `commands` and leaves it empty, with its capacity when the replica
+    /// queues them here. When the replica refuses them (the error says why), they
+    /// stay in `commands`, so nothing is lost.
+    fn propose_from(&mut self, commands: &mut Vec<Command>) -> Result<(), ProposeError>;
     /// Handles a message from member `from`. Messages from strangers are ignored.
     fn on_message(&mut self, from: NodeId, message: Message);
     /// Advances logical time by one tick (timeouts, heartbeats, retransmission).
