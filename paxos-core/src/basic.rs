@@ -88,7 +88,7 @@ impl BasicPaxos {
     /// the cursor only moves back when an instance gives its slot up.
     fn free_slot(&mut self) -> Slot {
         let mut slot = self.free_from.max(self.core.learner.applied_through() + 1);
-        while self.core.learner.chosen(slot).is_some() || self.instances.contains_key(&slot) {
+        while self.core.learner.is_chosen(slot) || self.instances.contains_key(&slot) {
             slot += 1;
         }
         self.free_from = slot;
@@ -137,11 +137,11 @@ impl BasicPaxos {
             .instances
             .keys()
             .copied()
-            .filter(|slot| *slot <= applied || self.core.learner.chosen(*slot).is_some())
+            .filter(|slot| *slot <= applied || self.core.learner.is_chosen(*slot))
             .collect();
         for slot in decided {
             let instance = self.instances.remove(&slot).expect("listed above");
-            if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
+            if self.core.learner.chosen(slot, &self.core.acceptor) != Some(instance.proposer.own_value()) {
                 self.requeue(&instance);
             }
         }
@@ -224,7 +224,7 @@ impl BasicPaxos {
         self.core.known_chosen_through = self.core.known_chosen_through.max(slot);
         if let Some(instance) = self.instances.remove(&slot) {
             // Somebody else decided this slot; retry our value elsewhere, unless it won.
-            if self.core.learner.chosen(slot) != Some(instance.proposer.own_value()) {
+            if self.core.learner.chosen(slot, &self.core.acceptor) != Some(instance.proposer.own_value()) {
                 self.requeue(&instance);
             }
         }

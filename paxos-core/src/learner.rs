@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use crate::acceptor::Acceptor;
 use crate::actions::Decided;
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Command, Value};
@@ -119,10 +120,29 @@ struct AppliedRun {
     slot: Slot,
 }
 
+/// What the learner knows of one slot.
+#[derive(Clone, Debug, Default)]
+enum Chosen {
+    /// Not known chosen.
+    #[default]
+    Unknown,
+    /// Chosen with the value this replica's acceptor holds for the slot. The
+    /// learner keeps no copy of its own: that is one reference-count update less
+    /// per slot on the hot path, and the same record the durable log keeps
+    /// (`StorageOp::Chosen` without a value). The acceptor may later accept the
+    /// slot again at a higher ballot, but only with this same value (Paxos P2b).
+    Accepted,
+    /// Chosen with this value, which the acceptor does not hold.
+    Value(Value),
+}
+
 /// Chosen values, the applied prefix, log indexes, and client deduplication.
+///
+/// A slot chosen with the value this replica accepted is recorded as such, so
+/// reading a chosen value takes the replica's [`Acceptor`] too.
 #[derive(Clone, Debug)]
 pub struct Learner {
-    chosen: SlotMap<Option<Value>>,
+    chosen: SlotMap<Chosen>,
     /// Every slot `<= applied_through` is chosen and applied.
     applied_through: Slot,
     next_index: u64,
@@ -160,22 +180,55 @@ impl Learner {
     ///
     /// Panics if `slot` was already chosen with a different value: that is a
     /// violation of Paxos' agreement property and the node must stop.
+    /// A slot already recorded as chosen with the acceptor's value is not compared
+    /// here (the learner does not hold it); the caller compares first.
     pub fn learn(&mut self, slot: Slot, value: Value) -> bool {
         assert!(slot >= 1, "slot 0 is never used");
         let Some(entry) = self.chosen.get_mut(slot) else {
             return false;
         };
-        if let Some(known) = entry {
-            assert_eq!(*known, value, "agreement violated: slot {slot} chosen with two values");
-            return false;
+        match entry {
+            Chosen::Unknown => {
+                *entry = Chosen::Value(value);
+                true
+            }
+            Chosen::Value(known) => {
+                assert_eq!(*known, value, "agreement violated: slot {slot} chosen with two values");
+                false
+            }
+            Chosen::Accepted => false,
         }
-        *entry = Some(value);
-        true
     }
 
-    /// The chosen value of `slot`, if known and not yet discarded.
-    pub fn chosen(&self, slot: Slot) -> Option<&Value> {
-        self.chosen.get(slot).and_then(Option::as_ref)
+    /// Records that `slot` is chosen with the value the replica's acceptor holds
+    /// for it, which the caller checked. Returns false if it was known.
+    pub fn learn_accepted(&mut self, slot: Slot) -> bool {
+        assert!(slot >= 1, "slot 0 is never used");
+        match self.chosen.get_mut(slot) {
+            Some(entry @ Chosen::Unknown) => {
+                *entry = Chosen::Accepted;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `slot` is known chosen (and not yet discarded).
+    pub fn is_chosen(&self, slot: Slot) -> bool {
+        matches!(self.chosen.get(slot), Some(Chosen::Accepted | Chosen::Value(_)))
+    }
+
+    /// The chosen value of `slot`, if known and not yet discarded. `acceptor` is
+    /// the same replica's.
+    pub fn chosen<'a>(&'a self, slot: Slot, acceptor: &'a Acceptor) -> Option<&'a Value> {
+        match self.chosen.get(slot)? {
+            Chosen::Unknown => None,
+            Chosen::Value(value) => Some(value),
+            Chosen::Accepted => {
+                let (_, value) = acceptor.accepted(slot).expect("a slot chosen as accepted keeps its accepted value");
+                Some(value)
+            }
+        }
     }
 
     /// Every slot up to and including this one is chosen and applied.
@@ -194,10 +247,11 @@ impl Learner {
     }
 
     /// Applies every chosen slot that directly follows the applied prefix.
-    pub fn apply_ready(&mut self, decided: &mut Vec<Decided>) {
+    /// `acceptor` is the same replica's.
+    pub fn apply_ready(&mut self, acceptor: &Acceptor, decided: &mut Vec<Decided>) {
         loop {
             let slot = self.applied_through + 1;
-            let Some(Some(value)) = self.chosen.get(slot) else { break };
+            let Some(value) = self.chosen(slot, acceptor) else { break };
             let value = value.clone();
             let mut duplicates = Vec::new();
             let commands = value.commands();
@@ -236,11 +290,12 @@ impl Learner {
         }
     }
 
-    /// The fresh command at log `index`, if applied and not discarded.
-    pub fn get(&self, index: u64) -> Option<&Command> {
+    /// The fresh command at log `index`, if applied and not discarded. `acceptor`
+    /// is the same replica's ([`crate::Replica::log_entry`] passes it).
+    pub fn get<'a>(&'a self, index: u64, acceptor: &'a Acceptor) -> Option<&'a Command> {
         let run_position = self.runs.partition_point(|run| run.first_index <= index).checked_sub(1)?;
         let run = &self.runs[run_position];
-        let value = self.chosen(run.slot)?;
+        let value = self.chosen(run.slot, acceptor)?;
         let duplicates = self.duplicates.get(&run.slot).map(Vec::as_slice).unwrap_or(&[]);
         let mut wanted = index - run.first_index;
         for (position, command) in value.commands().iter().enumerate() {
@@ -257,8 +312,8 @@ impl Learner {
 
     /// `(slot, value)` for chosen slots from `from` on, up to `count` of them,
     /// stopping at the first slot not known chosen.
-    pub fn chosen_run(&self, from: Slot, count: usize) -> Vec<Value> {
-        self.chosen.iter_from(from).map_while(|(_, value)| value.clone()).take(count).collect()
+    pub fn chosen_run(&self, from: Slot, count: usize, acceptor: &Acceptor) -> Vec<Value> {
+        (from..self.chosen.end()).map_while(|slot| self.chosen(slot, acceptor).cloned()).take(count).collect()
     }
 
     /// The lowest slot still held.
@@ -338,10 +393,10 @@ impl Learner {
         true
     }
 
-    /// Safety assertions.
-    pub fn check_invariants(&self) {
+    /// Safety assertions. `acceptor` is the same replica's.
+    pub fn check_invariants(&self, acceptor: &Acceptor) {
         for slot in self.chosen.first().max(1)..=self.applied_through {
-            assert!(self.chosen(slot).is_some(), "slot {slot} applied but not chosen");
+            assert!(self.chosen(slot, acceptor).is_some(), "slot {slot} applied but not chosen");
         }
     }
 }
@@ -373,30 +428,57 @@ mod tests {
     #[test]
     fn applies_in_slot_order_only() {
         let mut learner = Learner::new(64);
+        let acceptor = Acceptor::default();
         let mut decided = Vec::new();
         assert!(learner.learn(2, commands(&[(1, 2)])));
-        learner.apply_ready(&mut decided);
+        learner.apply_ready(&acceptor, &mut decided);
         assert!(decided.is_empty(), "slot 1 is a hole");
         assert!(learner.learn(1, Value::Noop));
-        learner.apply_ready(&mut decided);
+        learner.apply_ready(&acceptor, &mut decided);
         assert_eq!(decided.iter().map(|d| d.slot).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(learner.applied_through(), 2);
-        assert_eq!(learner.get(0).map(|command| command.id.sequence), Some(2));
-        assert_eq!(learner.get(1), None);
+        assert_eq!(learner.get(0, &acceptor).map(|command| command.id.sequence), Some(2));
+        assert_eq!(learner.get(1, &acceptor), None);
     }
 
     #[test]
     fn a_retried_command_is_applied_once() {
         let mut learner = Learner::new(64);
+        let acceptor = Acceptor::default();
         let mut decided = Vec::new();
         learner.learn(1, commands(&[(7, 1), (7, 2)]));
         learner.learn(2, commands(&[(7, 2), (7, 3)]));
-        learner.apply_ready(&mut decided);
+        learner.apply_ready(&acceptor, &mut decided);
         assert_eq!(decided[1].duplicates, vec![0]);
         let indexes: Vec<(u64, u64)> =
             decided.iter().flat_map(|d| d.entries().map(|(index, command)| (index, command.id.sequence))).collect();
         assert_eq!(indexes, vec![(0, 1), (1, 2), (2, 3)]);
-        assert_eq!(learner.get(2).map(|command| command.id.sequence), Some(3));
+        assert_eq!(learner.get(2, &acceptor).map(|command| command.id.sequence), Some(3));
+    }
+
+    #[test]
+    fn a_slot_chosen_as_accepted_reads_the_acceptors_value() {
+        let mut acceptor = Acceptor::default();
+        let mut ops = Vec::new();
+        let value = commands(&[(4, 1)]);
+        acceptor.on_accept(Ballot::new(1, 1), 1, std::slice::from_ref(&value), true, &mut ops).unwrap();
+        let mut learner = Learner::new(64);
+        assert!(!learner.is_chosen(1));
+        assert!(learner.learn_accepted(1));
+        assert!(!learner.learn_accepted(1), "already known");
+        assert!(!learner.learn(1, value.clone()), "already known, as the acceptor's value");
+        assert!(learner.is_chosen(1));
+        assert_eq!(learner.chosen(1, &acceptor), Some(&value));
+        assert!(learner.learn(2, Value::Noop));
+        assert_eq!(learner.chosen_run(1, 10, &acceptor), vec![value.clone(), Value::Noop]);
+        let mut decided = Vec::new();
+        learner.apply_ready(&acceptor, &mut decided);
+        assert_eq!(
+            decided.iter().map(|d| (d.slot, d.value.clone())).collect::<Vec<_>>(),
+            vec![(1, value), (2, Value::Noop)]
+        );
+        assert_eq!(learner.get(0, &acceptor).map(|command| command.id.client), Some(4));
+        learner.check_invariants(&acceptor);
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl MultiPaxos {
         self.set_leader(Some(self.core.id()), ballot);
         // Seed 004: re-propose every value learned in phase 1 and fill holes with no-ops.
         let values: Vec<Value> = (first_unknown..end)
-            .map(|slot| match self.core.learner.chosen(slot) {
+            .map(|slot| match self.core.learner.chosen(slot, &self.core.acceptor) {
                 Some(chosen) => chosen.clone(),
                 None => tally.adopt(slot, Value::Noop),
             })
@@ -314,7 +314,12 @@ impl MultiPaxos {
                 break;
             }
             if leadership.votes.record(slot, ballot, voter) == self.core.quorum {
-                if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
+                // The leader's own acceptor took the value at this ballot when it was
+                // proposed; if it has since accepted a higher ballot, use the copy kept
+                // for retransmission.
+                if self.core.learn_accepted(slot, ballot) {
+                    learned = true;
+                } else if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
                     learned |= self.core.learn(slot, value);
                 }
             }
@@ -699,6 +704,18 @@ mod tests {
         assert_eq!(actions.decided.len(), 1);
         assert_eq!(actions.decided[0].slot, 1);
         assert_eq!(actions.persist.ops(), &[StorageOp::Chosen { slot: 1, value: None }]);
+    }
+
+    #[test]
+    #[should_panic(expected = "agreement violated")]
+    fn a_second_value_for_a_slot_learned_from_the_commit_point_stops_the_node() {
+        let mut follower = replica(2);
+        let ballot = Ballot::new(4, 1);
+        // Slot 1 is a hole, so slot 2 stays chosen but unapplied.
+        follower.on_message(1, Message::Accept { ballot, first_slot: 2, values: vec![value("a")], chosen_through: 0 });
+        follower.on_message(1, Message::Commit { ballot, chosen_through: 2 });
+        assert_eq!(follower.core.learner.chosen(2, &follower.core.acceptor), Some(&value("a")));
+        follower.on_message(3, Message::Chosen { slot: 2, value: value("b") });
     }
 
     #[test]

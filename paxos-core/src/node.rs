@@ -757,7 +757,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
             Request::Add { commands, reply } => self.on_add(commands.into_iter(), reply),
             Request::AddOne { command, reply } => self.on_add(std::iter::once(command), reply),
             Request::Get { index, reply } => {
-                let _ = reply.send(self.replica.learner().get(index).cloned());
+                let _ = reply.send(self.replica.log_entry(index).cloned());
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.replica.status());

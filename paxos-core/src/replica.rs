@@ -114,6 +114,11 @@ pub trait Replica: Send + std::fmt::Debug {
     fn learner(&self) -> &Learner;
     /// The acceptor: promises and accepted values.
     fn acceptor(&self) -> &Acceptor;
+    /// The fresh command at log `index` (0-based, in apply order, duplicates not
+    /// counted), if applied here and not compacted away.
+    fn log_entry(&self, index: u64) -> Option<&Command> {
+        self.learner().get(index, self.acceptor())
+    }
     /// Replaces the applied prefix through `through_slot` with a snapshot holding
     /// the application's `data`, so the log stops growing. Peers that lag behind
     /// the compaction point are sent the snapshot instead of the slots.
@@ -187,7 +192,7 @@ impl Core {
                 core.learner.learn(*slot, value.clone());
             }
         }
-        core.learner.apply_ready(&mut core.actions.decided);
+        core.learner.apply_ready(&core.acceptor, &mut core.actions.decided);
         core.known_chosen_through = core.learner.applied_through();
         Ok(core)
     }
@@ -298,14 +303,26 @@ impl Core {
         }
     }
 
-    /// Records `slot` as chosen with `value`, durably, and applies what became ready.
+    /// Records `slot` as chosen with `value`, durably. Returns whether it was news.
+    ///
+    /// Panics if `slot` was already chosen with a different value: that is a
+    /// violation of Paxos' agreement property and the node must stop.
     pub fn learn(&mut self, slot: Slot, value: Value) -> bool {
         if slot <= self.learner.applied_through() {
             return false;
         }
-        let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
-        let record = if same_as_accepted { None } else { Some(value.clone()) };
-        self.record_chosen(slot, value, record)
+        if let Some(known) = self.learner.chosen(slot, &self.acceptor) {
+            assert_eq!(*known, value, "agreement violated: slot {slot} chosen with two values");
+            return false;
+        }
+        if self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value) {
+            return self.record_chosen_accepted(slot);
+        }
+        if !self.learner.learn(slot, value.clone()) {
+            return false;
+        }
+        self.record_chosen(slot, Some(value));
+        true
     }
 
     /// Records `slot` as chosen with the value this replica's acceptor accepted
@@ -314,27 +331,32 @@ impl Core {
         if slot <= self.learner.applied_through() {
             return false;
         }
-        let Some((accepted_ballot, value)) = self.acceptor.accepted(slot) else { return false };
+        let Some((accepted_ballot, _)) = self.acceptor.accepted(slot) else { return false };
         if *accepted_ballot != ballot {
             return false;
         }
-        let value = value.clone();
-        self.record_chosen(slot, value, None)
+        self.record_chosen_accepted(slot)
     }
 
-    /// Learns `slot` and writes its chosen record (`record` is the value when the
-    /// acceptor's copy is not the chosen one).
-    fn record_chosen(&mut self, slot: Slot, value: Value, record: Option<Value>) -> bool {
-        if !self.learner.learn(slot, value) {
+    /// Learns `slot` as chosen with the value the acceptor holds for it, and
+    /// writes the chosen record, which then needs no value either.
+    fn record_chosen_accepted(&mut self, slot: Slot) -> bool {
+        if !self.learner.learn_accepted(slot) {
             return false;
         }
-        self.actions.persist.push_op(StorageOp::Chosen { slot, value: record });
-        self.known_chosen_through = self.known_chosen_through.max(slot.min(self.learner.chosen_end() - 1));
+        self.record_chosen(slot, None);
         true
     }
 
+    /// Writes the chosen record of a slot just learned (`value` is the value when
+    /// the acceptor's copy is not the chosen one).
+    fn record_chosen(&mut self, slot: Slot, value: Option<Value>) {
+        self.actions.persist.push_op(StorageOp::Chosen { slot, value });
+        self.known_chosen_through = self.known_chosen_through.max(slot.min(self.learner.chosen_end() - 1));
+    }
+
     pub fn apply(&mut self) {
-        self.learner.apply_ready(&mut self.actions.decided);
+        self.learner.apply_ready(&self.acceptor, &mut self.actions.decided);
         if self.learner.applied_through() >= self.known_chosen_through {
             self.catch_up_sent_at = None;
         }
@@ -365,7 +387,7 @@ impl Core {
                 return;
             }
         }
-        let values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max);
+        let values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max, &self.acceptor);
         if !values.is_empty() {
             self.actions.send(from, Message::CatchUp { first_slot: from_slot.max(1), values });
         }
@@ -445,7 +467,7 @@ impl Core {
 
     pub fn check_invariants(&self) {
         self.acceptor.check_invariants();
-        self.learner.check_invariants();
+        self.learner.check_invariants(&self.acceptor);
         // Seed 001: a ballot's round is reserved durably before the ballot is used.
         assert!(self.own_round_used <= self.round_reserved, "ballot round used before it was reserved");
     }
