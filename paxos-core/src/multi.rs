@@ -24,7 +24,6 @@ use crate::storage::{DurableState, Snapshot};
 /// A slot this leader proposed and has not yet seen chosen.
 #[derive(Clone, Debug, Default)]
 struct InFlight {
-    value: Option<Value>,
     sent_at: u64,
     retransmissions: u32,
 }
@@ -209,12 +208,11 @@ impl MultiPaxos {
         }
         let State::Leader(leadership) = &mut self.state else { unreachable!("only a leader proposes") };
         let first_slot = leadership.next_slot;
-        for (offset, value) in values.iter().enumerate() {
-            let entry = leadership
-                .in_flight
-                .get_mut(first_slot + offset as u64)
-                .expect("in-flight window starts at the commit point");
-            entry.value = Some(value.clone());
+        // The values themselves stay with the leader's own acceptor, which takes
+        // them below at this ballot and keeps them while this replica leads.
+        for offset in 0..values.len() as u64 {
+            let entry =
+                leadership.in_flight.get_mut(first_slot + offset).expect("in-flight window starts at the commit point");
             entry.sent_at = self.core.ticks;
         }
         leadership.next_slot += values.len() as u64;
@@ -314,14 +312,8 @@ impl MultiPaxos {
                 break;
             }
             if leadership.votes.record(slot, ballot, voter) == self.core.quorum {
-                // The leader's own acceptor took the value at this ballot when it was
-                // proposed; if it has since accepted a higher ballot, use the copy kept
-                // for retransmission.
-                if self.core.learn_accepted(slot, ballot) {
-                    learned = true;
-                } else if let Some(value) = leadership.in_flight.get(slot).and_then(|entry| entry.value.clone()) {
-                    learned |= self.core.learn(slot, value);
-                }
+                // The leader's own acceptor holds the value at this ballot.
+                learned |= self.core.learn_accepted(slot, ballot);
             }
         }
         if !learned {
@@ -397,7 +389,10 @@ impl MultiPaxos {
             if entry.sent_at + self.core.retransmit_after(entry.retransmissions) > ticks {
                 continue;
             }
-            let Some(value) = entry.value.clone() else { continue };
+            let Some((_, value)) = self.core.acceptor.accepted(slot).filter(|(accepted, _)| *accepted == ballot) else {
+                continue;
+            };
+            let value = value.clone();
             entry.sent_at = ticks;
             entry.retransmissions += 1;
             let voters = leadership.votes.voters(slot, ballot);
@@ -602,8 +597,8 @@ impl Replica for MultiPaxos {
         if let State::Leader(leadership) = &self.state {
             assert!(leadership.next_slot > self.core.learner.applied_through());
             for slot in self.core.learner.applied_through() + 1..leadership.next_slot {
-                let held = leadership.in_flight.get(slot).is_some_and(|entry| entry.value.is_some());
-                assert!(held, "leader lost the value of in-flight slot {slot}");
+                let held = self.core.acceptor.accepted(slot).is_some_and(|(ballot, _)| *ballot == leadership.ballot);
+                assert!(held, "the leader's acceptor lost in-flight slot {slot} at the leader's ballot");
             }
             assert_eq!(leadership.ballot.node, self.core.id(), "a leader leads with its own ballot");
         }
