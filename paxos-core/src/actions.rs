@@ -96,7 +96,12 @@ impl PersistThen {
             write(&mut self.ops)?;
         }
         self.ops.clear();
-        out.append(&mut self.then_send);
+        if out.is_empty() {
+            // Trade buffers rather than copy the messages over.
+            std::mem::swap(out, &mut self.then_send);
+        } else {
+            out.append(&mut self.then_send);
+        }
         Ok(())
     }
 
@@ -201,6 +206,22 @@ impl Actions {
         self.persist.then_send.clear();
         self.decided.clear();
         self.events.clear();
+    }
+
+    /// Moves everything into `into`, which is empty, and takes its buffers in
+    /// exchange. Buffer by buffer, and only those holding something: a step
+    /// usually fills one or two of the five.
+    pub(crate) fn hand_over(&mut self, into: &mut Actions) {
+        fn swap_filled<T>(ours: &mut Vec<T>, theirs: &mut Vec<T>) {
+            if !ours.is_empty() {
+                std::mem::swap(ours, theirs);
+            }
+        }
+        swap_filled(&mut self.send, &mut into.send);
+        swap_filled(&mut self.persist.ops, &mut into.persist.ops);
+        swap_filled(&mut self.persist.then_send, &mut into.persist.then_send);
+        swap_filled(&mut self.decided, &mut into.decided);
+        swap_filled(&mut self.events, &mut into.events);
     }
 
     pub(crate) fn send(&mut self, to: NodeId, message: crate::Message) {

@@ -458,7 +458,7 @@ impl Core {
 
     pub fn drain_actions_into(&mut self, into: &mut Actions) {
         assert!(into.is_empty(), "drain_actions_into needs an empty Actions");
-        std::mem::swap(&mut self.actions, into);
+        self.actions.hand_over(into);
     }
 
     pub fn event(&mut self, event: Event) {
