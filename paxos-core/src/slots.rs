@@ -40,6 +40,7 @@ impl<T: Default> SlotMap<T> {
 
     /// The entry for `slot`, created (with defaults for any gap) if needed.
     /// Returns `None` for slots below the window, which were discarded.
+    #[inline]
     pub fn get_mut(&mut self, slot: Slot) -> Option<&mut T> {
         if slot < self.first {
             return None;
@@ -49,9 +50,16 @@ impl<T: Default> SlotMap<T> {
             // The common case on the hot path: the log grows by one slot.
             self.entries.push_back(T::default());
         } else if position > self.entries.len() {
-            self.entries.resize_with(position + 1, T::default);
+            self.fill_to(position);
         }
         self.entries.get_mut(position)
+    }
+
+    /// Adds empty entries up to and including `position`, past the end.
+    #[cold]
+    #[inline(never)]
+    fn fill_to(&mut self, position: usize) {
+        self.entries.resize_with(position + 1, T::default);
     }
 
     /// Forgets every slot below `slot`.
