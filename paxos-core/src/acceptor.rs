@@ -160,14 +160,16 @@ impl Acceptor {
                 return Err(promised);
             }
         }
+        if first_slot < self.slots.first() {
+            // Compacted slots are long chosen; the sender must catch up instead.
+            // Accepting without storing would be a false vote. Refused, the accept
+            // promises nothing either: a leader whose acceptor took a higher promise
+            // without a step down would keep proposing what its acceptor refuses.
+            return Err(Ballot::COMPACTED);
+        }
         if log_wide && ballot > self.promised {
             self.promised = ballot;
             ops.push(StorageOp::Promise(ballot));
-        }
-        if first_slot < self.slots.first() {
-            // Compacted slots are long chosen; the sender must catch up instead.
-            // Accepting without storing would be a false vote.
-            return Err(Ballot::COMPACTED);
         }
         for (offset, value) in values.iter().enumerate() {
             let slot = first_slot + offset as u64;

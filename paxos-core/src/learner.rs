@@ -126,11 +126,12 @@ enum Chosen {
     /// Not known chosen.
     #[default]
     Unknown,
-    /// Chosen with the value this replica's acceptor holds for the slot. The
-    /// learner keeps no copy of its own: that is one reference-count update less
-    /// per slot on the hot path, and the same record the durable log keeps
-    /// (`StorageOp::Chosen` without a value). The acceptor may later accept the
-    /// slot again at a higher ballot, but only with this same value (Paxos P2b).
+    /// Chosen with the value this replica's acceptor accepted at the ballot the
+    /// slot was chosen at. The learner keeps no copy of its own: that is one
+    /// reference-count update less per slot on the hot path. The acceptor may
+    /// later accept the slot again, but only at a higher ballot and so only with
+    /// this same value (Paxos P2b). An equal value accepted at a lower ballot is
+    /// not enough: a ballot in between may still bring a different one.
     Accepted,
     /// Chosen with this value, which the acceptor does not hold.
     Value(Value),

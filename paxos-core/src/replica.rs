@@ -315,18 +315,26 @@ impl Core {
             assert_eq!(*known, value, "agreement violated: slot {slot} chosen with two values");
             return false;
         }
-        if self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value) {
-            return self.record_chosen_accepted(slot);
-        }
-        if !self.learner.learn(slot, value.clone()) {
+        // The learner keeps its own copy even when the acceptor holds an equal
+        // value: unless the acceptor took it at the ballot the slot was chosen at
+        // (which only `learn_accepted` knows), it may still accept a different one
+        // at a ballot in between. The durable record can point at the acceptor's
+        // value all the same: replaying the log resolves it at this point.
+        let same_as_accepted = self.acceptor.accepted(slot).is_some_and(|(_, accepted)| *accepted == value);
+        let record = if same_as_accepted { None } else { Some(value.clone()) };
+        if !self.learner.learn(slot, value) {
             return false;
         }
-        self.record_chosen(slot, Some(value));
+        self.record_chosen(slot, record);
         true
     }
 
     /// Records `slot` as chosen with the value this replica's acceptor accepted
     /// for it at `ballot`, if it did: the chosen record then need not carry the value.
+    ///
+    /// `ballot` must be one the slot is chosen at (the leader's, for slots it
+    /// committed), so every later accept of the slot carries the same value (Paxos
+    /// P2b) and the learner can refer to the acceptor's copy instead of keeping one.
     pub fn learn_accepted(&mut self, slot: Slot, ballot: Ballot) -> bool {
         if slot <= self.learner.applied_through() {
             return false;
