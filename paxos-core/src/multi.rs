@@ -347,6 +347,32 @@ impl MultiPaxos {
         }
     }
 
+    /// A leader told by a peer that slots from `first_slot` are chosen with
+    /// `values` steps down if one of them is not what it proposed there at its
+    /// ballot, or lies beyond what it proposed: a newer leader chose it, so this
+    /// one is stale. It must step down before it learns them. Otherwise its
+    /// commit point would soon cover a slot whose value accepted at its ballot is
+    /// not the chosen one, and followers learn from the commit point exactly the
+    /// values they accepted at the leader's ballot.
+    fn step_down_if_overtaken(&mut self, first_slot: Slot, values: &[Value]) {
+        let State::Leader(leadership) = &self.state else { return };
+        let applied = self.core.learner.applied_through();
+        let overtaken = (first_slot..).zip(values).any(|(slot, value)| {
+            slot > applied
+                && (slot >= leadership.next_slot
+                    || !self
+                        .core
+                        .acceptor
+                        .accepted(slot)
+                        .is_some_and(|(ballot, ours)| *ballot == leadership.ballot && ours == value))
+        });
+        if overtaken {
+            let ballot = leadership.ballot;
+            tracing::info!(node = self.core.id(), %ballot, first_slot, "a peer reports slots chosen by a newer leader");
+            self.step_down(ballot);
+        }
+    }
+
     fn on_forward(&mut self, from: NodeId, commands: Vec<Command>) {
         match self.propose(commands) {
             Ok(()) => {}
@@ -466,11 +492,15 @@ impl Replica for MultiPaxos {
             Message::Nack { ballot, promised, .. } => self.on_nack(from, ballot, promised),
             Message::Commit { ballot, chosen_through } => self.on_commit(from, ballot, chosen_through),
             Message::Chosen { slot, value } => {
+                self.step_down_if_overtaken(slot, std::slice::from_ref(&value));
                 self.core.learn(slot, value);
                 self.core.apply();
             }
             Message::CatchUpRequest { from_slot } => self.core.on_catch_up_request(from, from_slot),
-            Message::CatchUp { first_slot, values } => self.core.on_catch_up(from, first_slot, values),
+            Message::CatchUp { first_slot, values } => {
+                self.step_down_if_overtaken(first_slot, &values);
+                self.core.on_catch_up(from, first_slot, values)
+            }
             Message::InstallSnapshot { snapshot } => {
                 let through = snapshot.through_slot;
                 if self.core.on_install_snapshot(from, *snapshot) {

@@ -102,3 +102,74 @@ fn a_refused_accept_for_compacted_slots_leaves_the_leaders_promise_alone() {
     replica.check_invariants();
     assert_eq!(replica.status().role, Role::Leader);
 }
+
+/// Seven replicas. Node 1 leads at ballot b (promises from 1 to 4) and proposes
+/// X at slot 1; only node 2 accepts it, the accepts to the others are delayed.
+/// Node 5 then wins ballot b' > b with {3, 4, 5, 6}, none of which holds X, and
+/// gets V chosen at slot 1. Node 7, outside both quorums, catches up, applies V
+/// and compacts. Node 1's delayed accept reaches node 7, which refuses it as
+/// compacted; node 1 catches up from node 7 and so learns slot 1 = V while still
+/// leading at b. Node 2 must never apply X at slot 1.
+#[test]
+fn a_leader_that_learns_a_slot_chosen_at_a_higher_ballot_does_not_commit_its_own_value() {
+    let members = [1, 2, 3, 4, 5, 6, 7];
+    let mut leader = new_replica(Config::new(1, members, Protocol::Multi), &DurableState::default()).unwrap();
+    let mut ballot = None;
+    for _ in 0..1000 {
+        leader.tick();
+        let released = leader.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        ballot = released.iter().find_map(|outgoing| match outgoing.message {
+            Message::Prepare { ballot, .. } => Some(ballot),
+            _ => None,
+        });
+        if ballot.is_some() {
+            break;
+        }
+    }
+    let ballot = ballot.expect("stood for election");
+    leader.on_message(1, Message::Prepare { ballot, scope: PrepareScope::From(1) });
+    for voter in [1, 2, 3, 4] {
+        leader.on_message(
+            voter,
+            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 },
+        );
+    }
+    assert_eq!(leader.status().role, Role::Leader);
+    let _ = leader.take_actions();
+    leader.propose(vec![Command::new(7, 1, b"X".to_vec())]).unwrap();
+    let sent = leader.take_actions();
+    let x = sent
+        .send
+        .iter()
+        .find_map(|outgoing| match &outgoing.message {
+            Message::Accept { values, .. } if outgoing.to == 2 => Some(values[0].clone()),
+            _ => None,
+        })
+        .expect("an accept to node 2");
+
+    let mut follower = new_replica(Config::new(2, members, Protocol::Multi), &DurableState::default()).unwrap();
+    follower.on_message(1, accept(ballot, 1, vec![x.clone()]));
+    let _ = follower.take_actions();
+
+    let v = command("V");
+    leader.on_message(7, Message::Nack { ballot, slot: 0, promised: Ballot::COMPACTED });
+    let _ = leader.take_actions();
+    leader.on_message(7, Message::CatchUp { first_slot: 1, values: vec![v.clone()] });
+    assert_ne!(leader.status().role, Role::Leader, "a newer leader chose slot 1: this one is stale");
+    let mut commit_points = Vec::new();
+    for _ in 0..50 {
+        leader.tick();
+        let actions = leader.take_actions();
+        let released = actions.persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        for outgoing in actions.send.into_iter().chain(released) {
+            if outgoing.to == 2 && matches!(outgoing.message, Message::Commit { .. } | Message::Accept { .. }) {
+                commit_points.push(outgoing.message);
+            }
+        }
+    }
+    for message in commit_points {
+        follower.on_message(1, message);
+    }
+    let applied = decided(follower.as_mut());
+    assert!(applied.iter().all(|(slot, value)| *slot != 1 || *value == v), "slot 1 applied as {applied:?}");
+}
