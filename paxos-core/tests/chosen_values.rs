@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use paxos_core::{
-    new_replica, Ballot, Command, Config, DurableState, Message, PrepareScope, Protocol, Replica, Role, Slot, Value,
+    new_replica, Ballot, Command, Config, DurableState, Message, NodeId, PrepareScope, Protocol, Replica, Role, Slot,
+    Value,
 };
 
 fn command(text: &str) -> Value {
@@ -18,6 +19,33 @@ fn decided(replica: &mut dyn Replica) -> Vec<(Slot, Value)> {
 
 fn accept(ballot: Ballot, first_slot: Slot, values: Vec<Value>) -> Message {
     Message::Accept { ballot, first_slot, values, chosen_through: 0 }
+}
+
+/// Node 1 of `members` (Multi-Paxos), elected with its own promise and those
+/// of `voters`, with its actions taken; and its ballot.
+fn elected_leader(members: &[NodeId], voters: &[NodeId]) -> (Box<dyn Replica>, Ballot) {
+    let mut replica = new_replica(Config::new(1, members.to_vec(), Protocol::Multi), &DurableState::default()).unwrap();
+    let mut ballot = None;
+    for _ in 0..1000 {
+        replica.tick();
+        let released = replica.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
+        ballot = released.iter().find_map(|outgoing| match outgoing.message {
+            Message::Prepare { ballot, .. } => Some(ballot),
+            _ => None,
+        });
+        if ballot.is_some() {
+            break;
+        }
+    }
+    let ballot = ballot.expect("stood for election");
+    replica.on_message(1, Message::Prepare { ballot, scope: PrepareScope::From(1) });
+    for voter in std::iter::once(&1).chain(voters) {
+        let promise = Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+        replica.on_message(*voter, promise);
+    }
+    assert_eq!(replica.status().role, Role::Leader);
+    let _ = replica.take_actions();
+    (replica, ballot)
 }
 
 /// Basic Paxos, 3 nodes, as node 1 sees it:
@@ -62,28 +90,7 @@ fn multi_a_delayed_accept_does_not_change_a_value_learned_by_catch_up() {
 /// leading at its ballot, and its own acceptor keeps taking its proposals.
 #[test]
 fn a_refused_accept_for_compacted_slots_leaves_the_leaders_promise_alone() {
-    let mut replica = new_replica(Config::new(1, [1, 2, 3], Protocol::Multi), &DurableState::default()).unwrap();
-    let mut ballot = None;
-    for _ in 0..1000 {
-        replica.tick();
-        let released = replica.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
-        ballot = released.iter().find_map(|outgoing| match outgoing.message {
-            Message::Prepare { ballot, .. } => Some(ballot),
-            _ => None,
-        });
-        if ballot.is_some() {
-            break;
-        }
-    }
-    let ballot = ballot.expect("stood for election");
-    replica.on_message(1, Message::Prepare { ballot, scope: PrepareScope::From(1) });
-    for voter in [1, 2] {
-        replica.on_message(
-            voter,
-            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 },
-        );
-    }
-    assert_eq!(replica.status().role, Role::Leader);
+    let (mut replica, ballot) = elected_leader(&[1, 2, 3], &[2]);
     replica.propose(vec![Command::new(7, 1, b"x".to_vec())]).unwrap();
     for voter in [1, 2] {
         replica.on_message(voter, Message::Accepted { ballot, first_slot: 1, count: 1 });
@@ -113,29 +120,7 @@ fn a_refused_accept_for_compacted_slots_leaves_the_leaders_promise_alone() {
 #[test]
 fn a_leader_that_learns_a_slot_chosen_at_a_higher_ballot_does_not_commit_its_own_value() {
     let members = [1, 2, 3, 4, 5, 6, 7];
-    let mut leader = new_replica(Config::new(1, members, Protocol::Multi), &DurableState::default()).unwrap();
-    let mut ballot = None;
-    for _ in 0..1000 {
-        leader.tick();
-        let released = leader.take_actions().persist.persist_with(|_| Ok::<(), ()>(())).unwrap();
-        ballot = released.iter().find_map(|outgoing| match outgoing.message {
-            Message::Prepare { ballot, .. } => Some(ballot),
-            _ => None,
-        });
-        if ballot.is_some() {
-            break;
-        }
-    }
-    let ballot = ballot.expect("stood for election");
-    leader.on_message(1, Message::Prepare { ballot, scope: PrepareScope::From(1) });
-    for voter in [1, 2, 3, 4] {
-        leader.on_message(
-            voter,
-            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 },
-        );
-    }
-    assert_eq!(leader.status().role, Role::Leader);
-    let _ = leader.take_actions();
+    let (mut leader, ballot) = elected_leader(&members, &[2, 3, 4]);
     leader.propose(vec![Command::new(7, 1, b"X".to_vec())]).unwrap();
     let sent = leader.take_actions();
     let x = sent
