@@ -502,14 +502,10 @@ impl Replica for MultiPaxos {
                 self.core.on_catch_up(from, first_slot, values)
             }
             Message::InstallSnapshot { snapshot } => {
-                let through = snapshot.through_slot;
                 if self.core.on_install_snapshot(from, *snapshot) {
                     if let Some(own) = self.own_ballot() {
                         // We were behind; let an up-to-date replica lead.
                         self.step_down(own);
-                    }
-                    if let State::Leader(leadership) = &mut self.state {
-                        leadership.in_flight.discard_below(through + 1);
                     }
                 }
             }
