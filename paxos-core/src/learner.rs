@@ -133,14 +133,16 @@ enum Chosen {
     /// this same value (Paxos P2b). An equal value accepted at a lower ballot is
     /// not enough: a ballot in between may still bring a different one.
     Accepted,
-    /// Chosen with this value, which the acceptor does not hold.
+    /// Chosen with this value, held here: learned from a peer or recovered from
+    /// storage, even when the acceptor holds an equal value from some ballot.
     Value(Value),
 }
 
 /// Chosen values, the applied prefix, log indexes, and client deduplication.
 ///
-/// A slot chosen with the value this replica accepted is recorded as such, so
-/// reading a chosen value takes the replica's [`Acceptor`] too.
+/// A slot known chosen at the very ballot this replica's acceptor accepted it at
+/// is recorded as such, without a copy, so reading a chosen value takes the
+/// replica's [`Acceptor`] too.
 #[derive(Clone, Debug)]
 pub struct Learner {
     chosen: SlotMap<Chosen>,
@@ -202,7 +204,8 @@ impl Learner {
     }
 
     /// Records that `slot` is chosen with the value the replica's acceptor holds
-    /// for it, which the caller checked. Returns false if it was known.
+    /// for it; the caller checked that the acceptor took it at the ballot the slot
+    /// was chosen at. Returns false if it was known.
     pub fn learn_accepted(&mut self, slot: Slot) -> bool {
         assert!(slot >= 1, "slot 0 is never used");
         match self.chosen.get_mut(slot) {
