@@ -4,6 +4,7 @@
 //! ballot and value. Every change it makes is returned as a [`StorageOp`] that the
 //! caller must make durable before any reply built from it leaves the node.
 
+use crate::actions::push_in_place;
 use crate::ballot::{Ballot, Slot};
 use crate::message::{AcceptedEntry, PrepareScope, Value};
 use crate::slots::SlotMap;
@@ -183,7 +184,7 @@ impl Acceptor {
             // Accepting at a ballot is also a promise of it, for this slot.
             entry.promised = entry.promised.max(ballot);
             entry.accepted = Some((ballot, value.clone()));
-            ops.push(StorageOp::Accept { slot, ballot, value: value.clone() });
+            push_in_place(ops, || StorageOp::Accept { slot, ballot, value: value.clone() });
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use rustc_hash::FxHashMap;
 
 use crate::acceptor::Acceptor;
-use crate::actions::Decided;
+use crate::actions::{push_in_place, Decided};
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Command, Value};
 use crate::slots::SlotMap;
@@ -290,7 +290,7 @@ impl Learner {
             }
             self.next_index += fresh;
             self.applied_through = slot;
-            decided.push(Decided { slot, value, first_index, duplicates });
+            push_in_place(decided, || Decided { slot, value, first_index, duplicates });
         }
     }
 

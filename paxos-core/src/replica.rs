@@ -2,7 +2,7 @@
 //! acceptor, learner and catch-up plumbing both protocols drive the same way.
 
 use crate::acceptor::Acceptor;
-use crate::actions::{Actions, Event};
+use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
@@ -358,8 +358,9 @@ impl Core {
 
     /// Writes the chosen record of a slot just learned (`value` is the value when
     /// the acceptor's copy is not the chosen one).
+    #[inline(always)]
     fn record_chosen(&mut self, slot: Slot, value: Option<Value>) {
-        self.actions.persist.push_op(StorageOp::Chosen { slot, value });
+        push_in_place(self.actions.persist.ops_mut(), || StorageOp::Chosen { slot, value });
         self.known_chosen_through = self.known_chosen_through.max(slot.min(self.learner.chosen_end() - 1));
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use crate::actions::push_in_place;
 use crate::ballot::Slot;
 
 /// Slot-indexed storage for slots `first..first + len`; absent slots hold `T::default()`.
@@ -40,7 +41,7 @@ impl<T: Default> SlotMap<T> {
 
     /// The entry for `slot`, created (with defaults for any gap) if needed.
     /// Returns `None` for slots below the window, which were discarded.
-    #[inline]
+    #[inline(always)]
     pub fn get_mut(&mut self, slot: Slot) -> Option<&mut T> {
         if slot < self.first {
             return None;
@@ -48,7 +49,7 @@ impl<T: Default> SlotMap<T> {
         let position = (slot - self.first) as usize;
         if position == self.entries.len() {
             // The common case on the hot path: the log grows by one slot.
-            self.entries.push_back(T::default());
+            push_in_place(&mut self.entries, T::default);
         } else if position > self.entries.len() {
             self.fill_to(position);
         }
