@@ -355,6 +355,10 @@ impl MultiPaxos {
     /// not the chosen one, and followers learn from the commit point exactly the
     /// values they accepted at the leader's ballot.
     fn step_down_if_overtaken(&mut self, first_slot: Slot, values: &[Value]) {
+        #[cfg(feature = "mutations")]
+        if crate::mutations::active(crate::mutations::Mutation::LeaderIgnoresOvertaking) {
+            return;
+        }
         let State::Leader(leadership) = &self.state else { return };
         let applied = self.core.learner.applied_through();
         let overtaken = (first_slot..).zip(values).any(|(slot, value)| {

@@ -14,6 +14,12 @@ pub enum Mutation {
     /// A proposer keeps its own value instead of adopting the highest-ballot
     /// accepted value its promisers reported (breaks P2c).
     ProposerSkipsAdoption,
+    /// A Multi-Paxos leader that hears from a peer that a slot is chosen with a
+    /// value other than the one it proposed there (a newer leader chose it) keeps
+    /// leading instead of stepping down. Its commit point then covers that slot,
+    /// and a follower that accepted the stale value at its ballot applies it:
+    /// two values for one slot (breaks agreement).
+    LeaderIgnoresOvertaking,
 }
 
 thread_local! {

@@ -7,6 +7,10 @@
 //! whose writes complete late (a crash loses the writes not yet complete, and the
 //! replies waiting for them). After the fault phase, faults stop and every client
 //! command still pending must be chosen within a bounded number of steps.
+//!
+//! Some histories are too deep for random faults to stumble on, so a share of
+//! the seven-replica Multi-Paxos runs open with a scripted prelude that sets one
+//! up ([`SimConfig::stale_leader`]) before the random faults take over.
 #![deny(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,7 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use paxos_core::harness::{Cluster, FaultCounts, Faults, StorageFaults};
 use paxos_core::rng::Rng;
-use paxos_core::{Ballot, Command, CommandId, NodeId, Protocol, Slot, Value};
+use paxos_core::{Ballot, Command, CommandId, Config, NodeId, Protocol, Role, Slot, Value};
 
 /// Steps of the fault phase unless told otherwise (the command line's `--steps` default).
 pub const DEFAULT_STEPS: u64 = 2_000;
@@ -35,6 +39,11 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Late writes and the planted reply-before-persist bug.
     pub storage: StorageFaults,
+    /// Whether a Multi-Paxos run of seven or more replicas opens with a scripted
+    /// prelude before its random faults: a leader cut off with one follower is
+    /// overtaken by a newer leader and then hears of a slot the newer one chose
+    /// (a history random faults almost never reach).
+    pub stale_leader: bool,
 }
 
 impl SimConfig {
@@ -50,6 +59,9 @@ impl SimConfig {
             steps: DEFAULT_STEPS,
             faults: Faults { drop_per_million: 100_000, duplicate_per_million: 50_000, reorder: true },
             storage: StorageFaults { write_delay_max: 20, reply_before_persist: false },
+            // Half the seven-replica runs: random faults almost never reach the
+            // prelude's history, and the other half keep the runs unscripted.
+            stale_leader: seed % 8 == 7,
         }
     }
 }
@@ -223,6 +235,284 @@ fn submit(cluster: &mut Cluster, command: &Command, node: NodeId) {
     let _ = cluster.propose(target, vec![command.clone()]);
 }
 
+impl Clients {
+    /// A client sends a fresh command through `node`; returns its id.
+    fn submit_new(&mut self, cluster: &mut Cluster, checker: &mut Checker, node: NodeId) -> CommandId {
+        self.next_sequence += 1;
+        let command = Command::new(1, self.next_sequence, self.next_sequence.to_le_bytes().to_vec());
+        let id = command.id;
+        checker.submitted.insert(id);
+        submit(cluster, &command, node);
+        self.pending.insert(id, (command, node));
+        id
+    }
+}
+
+/// A command is acknowledged once the replica its client talks to has applied
+/// the slot it was decided in (directly, or through a snapshot covering it).
+fn acknowledge(cluster: &Cluster, clients: &mut Clients, checker: &mut Checker) {
+    clients.pending.retain(|id, (_, node)| {
+        let Some(slot) = checker.slot_of.get(id) else { return true };
+        let Some(replica) = cluster.replica(*node) else { return true };
+        if replica.learner().applied_through() >= *slot {
+            checker.acknowledged.insert(*id);
+            return false;
+        }
+        true
+    });
+}
+
+/// A write delay so long that a write drawn with it completes only when the
+/// network next runs dry (the harness then completes every pending write).
+const HELD_WRITE_DELAY: u64 = 1 << 40;
+
+fn role(cluster: &Cluster, node: NodeId) -> Option<Role> {
+    cluster.replica(node).map(|replica| replica.status().role)
+}
+
+fn applied_through(cluster: &Cluster, node: NodeId) -> Slot {
+    cluster.replica(node).map_or(0, |replica| replica.learner().applied_through())
+}
+
+fn promised(cluster: &Cluster, node: NodeId) -> Ballot {
+    cluster.replica(node).map_or(Ballot::ZERO, |replica| replica.acceptor().promised())
+}
+
+/// Drives a run step by step for a scripted prelude, checking after every step
+/// exactly as the random phase does.
+struct Prelude<'a> {
+    cluster: &'a mut Cluster,
+    checker: &'a mut Checker,
+    clients: &'a mut Clients,
+    step: &'a mut u64,
+}
+
+impl Prelude<'_> {
+    fn checked(&mut self) -> Result<(), String> {
+        *self.step += 1;
+        self.checker.check(self.cluster)?;
+        acknowledge(self.cluster, self.clients, self.checker);
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), String> {
+        self.cluster.tick();
+        self.checked()
+    }
+
+    /// Delivers one message. Returns false if none was waiting (after completing
+    /// every pending write, held ones included).
+    fn deliver(&mut self) -> Result<bool, String> {
+        let delivered = self.cluster.deliver_one();
+        self.checked()?;
+        Ok(delivered)
+    }
+
+    fn submit_new(&mut self, node: NodeId) -> CommandId {
+        self.clients.submit_new(self.cluster, self.checker, node)
+    }
+
+    /// Delivers, ticking every ten deliveries, until `done` holds; false if
+    /// `steps_max` ran out. It never lets the network run dry, which would
+    /// complete a held write: with nothing in flight it ticks instead.
+    fn drive(&mut self, steps_max: u64, mut done: impl FnMut(&Cluster, &Checker) -> bool) -> Result<bool, String> {
+        for round in 0..steps_max {
+            if done(self.cluster, self.checker) {
+                return Ok(true);
+            }
+            if self.cluster.in_flight() > 0 && round % 10 != 9 {
+                self.deliver()?;
+            } else {
+                self.tick()?;
+            }
+        }
+        Ok(done(self.cluster, self.checker))
+    }
+
+    /// Delivers without ticking until nothing is in flight, leaving held writes
+    /// held; false if `steps_max` ran out first.
+    fn drain(&mut self, steps_max: u64) -> Result<bool, String> {
+        for _ in 0..steps_max {
+            if self.cluster.in_flight() == 0 {
+                return Ok(true);
+            }
+            self.deliver()?;
+        }
+        Ok(self.cluster.in_flight() == 0)
+    }
+
+    /// Delivers without ticking until nothing is in flight and no write is
+    /// pending, held ones included.
+    fn settle(&mut self, steps_max: u64) -> Result<(), String> {
+        for _ in 0..steps_max {
+            if !self.deliver()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stale-leader prelude (Multi-Paxos, seven or more replicas). It sets up
+    /// the history in which a leader L learns from a peer that a newer leader
+    /// chose one of L's slots, and must step down before its commit point covers
+    /// that slot (`MultiPaxos::step_down_if_overtaken`):
+    ///
+    /// 1. The first candidate, L, is elected; one retransmission of its prepare
+    ///    waits in a held write.
+    /// 2. L gets a few commands chosen and applied everywhere; a follower, P,
+    ///    compacts its log.
+    /// 3. L and another follower, F, are cut off; L proposes one more slot, which
+    ///    only F accepts.
+    /// 4. The other side, P included, elects a newer leader, which chooses that
+    ///    slot with another value; P learns it.
+    /// 5. The network runs dry while L is still cut off from that side, so
+    ///    nothing older than the held prepare is left in flight; then P joins L
+    ///    and F's side and the held writes complete. P refuses the old prepare as
+    ///    compacted, a refusal that reveals no promise; L catches up from P and
+    ///    learns the newer leader's value for its slot. A correct L steps down
+    ///    there. One that keeps leading sends F a commit point covering the slot,
+    ///    and F applies the value it accepted at L's ballot.
+    ///
+    /// Why a held prepare: P answers "compacted" to a prepare from below its
+    /// compaction point whatever it promised, but to an accept only if it
+    /// promised nothing higher (otherwise it answers with its promise, and L
+    /// steps down). And P serves L a catch-up, rather than a snapshot (which L
+    /// would step down on too), only from above that point. So the message that
+    /// sends L to P must predate slots L learned since. Under uniformly random
+    /// reordering, a message that outlives a whole election on the other side is
+    /// too rare to find.
+    ///
+    /// Each phase is bounded; one that misses its goal ends the prelude early,
+    /// and the random phase goes on from wherever the cluster is.
+    fn stale_leader(&mut self, summary: &mut Summary) -> Result<(), String> {
+        let faults = self.cluster.faults;
+        let storage = self.cluster.storage_faults;
+        // Nothing lost or duplicated, and writes complete at once unless held:
+        // each phase waits for its goal, not for luck.
+        self.cluster.faults = Faults { drop_per_million: 0, duplicate_per_million: 0, reorder: true };
+        self.cluster.storage_faults.write_delay_max = 0;
+        let outcome = self.stale_leader_phases(summary);
+        // However it ended, every held write completes before the random phase.
+        self.cluster.heal();
+        let settled = outcome.and_then(|()| self.settle(100_000));
+        self.cluster.faults = faults;
+        self.cluster.storage_faults = storage;
+        settled
+    }
+
+    fn stale_leader_phases(&mut self, summary: &mut Summary) -> Result<(), String> {
+        let members = self.cluster.members();
+        // 1. Tick, delivering nothing, until the first candidate stands.
+        let mut candidates = Vec::new();
+        for _ in 0..100 {
+            self.tick()?;
+            candidates =
+                members.iter().copied().filter(|node| role(self.cluster, *node) == Some(Role::Candidate)).collect();
+            if !candidates.is_empty() {
+                break;
+            }
+        }
+        // Of candidates that stood on the same tick, the highest id has the highest
+        // ballot (the same round): the others step down once they hear it.
+        let Some(leader) = candidates.iter().copied().max() else { return Ok(()) };
+        let peers: Vec<NodeId> = members.iter().copied().filter(|node| *node != leader).collect();
+        // Every member hears its prepare, so none stands itself in the next few
+        // ticks. Meanwhile it must not be elected yet: the promises of all but a
+        // bare quorum are lost on cut links, and the last of the bare quorum's
+        // arrives after the last prepare more often than not.
+        let quorum = members.len() / 2 + 1;
+        for peer in &peers[quorum - 1..] {
+            self.cluster.block(*peer, leader);
+        }
+        while !members.iter().all(|node| promised(self.cluster, *node).node == leader) {
+            if role(self.cluster, leader) != Some(Role::Candidate) || self.cluster.in_flight() == 0 {
+                return Ok(());
+            }
+            self.deliver()?;
+        }
+        let ballot = promised(self.cluster, peers[0]);
+        // Its first retransmission, `retransmit_ticks` after it stood, waits in a
+        // held write (and so does every later write of its own, its votes for
+        // itself included: the peers make its quorums meanwhile).
+        let retransmit_ticks = Config::new(leader, members.clone(), Protocol::Multi).retransmit_ticks;
+        self.cluster.storage_faults.write_delay_max = HELD_WRITE_DELAY;
+        for _ in 0..retransmit_ticks {
+            self.tick()?;
+        }
+        self.cluster.storage_faults.write_delay_max = 0;
+        self.cluster.heal();
+        let others_stood = peers.iter().any(|peer| role(self.cluster, *peer) == Some(Role::Candidate));
+        if others_stood || role(self.cluster, leader) != Some(Role::Candidate) {
+            return Ok(());
+        }
+        if !self.drive(2_000, |cluster, _| role(cluster, leader) == Some(Role::Leader))? {
+            return Ok(());
+        }
+
+        // 2. A few commands chosen and applied everywhere, then P compacts.
+        let ids: Vec<CommandId> = (0..3).map(|_| self.submit_new(leader)).collect();
+        let everywhere = |cluster: &Cluster, checker: &Checker| {
+            let through = ids
+                .iter()
+                .map(|id| checker.slot_of.get(id).copied())
+                .try_fold(0, |through, slot| slot.map(|slot| through.max(slot)));
+            through.is_some_and(|through| members.iter().all(|node| applied_through(cluster, *node) >= through))
+        };
+        if !self.drive(3_000, everywhere)? {
+            return Ok(());
+        }
+        let (follower, compacting) = (peers[0], peers[1]);
+        let through = applied_through(self.cluster, compacting);
+        if self.cluster.compact(compacting, through, Vec::new()).is_err() {
+            return Ok(());
+        }
+        summary.compactions += 1;
+
+        // 3. L and F cut off; L's next slot is accepted by F alone.
+        self.cluster.partition(&[leader, follower]);
+        summary.partitions += 1;
+        let slot = applied_through(self.cluster, leader) + 1;
+        self.submit_new(leader);
+        let accepted_by_follower = |cluster: &Cluster, _: &Checker| {
+            let accepted = cluster.replica(follower).and_then(|replica| replica.acceptor().accepted(slot).cloned());
+            accepted.is_some_and(|(accepted, _)| accepted == ballot)
+        };
+        if !self.drive(1_000, accepted_by_follower)? {
+            return Ok(());
+        }
+
+        // 4. The other side elects a newer leader, which chooses the slot; P learns it.
+        let majority: Vec<NodeId> = peers.iter().copied().filter(|peer| *peer != follower).collect();
+        let newer =
+            |cluster: &Cluster| majority.iter().copied().find(|node| role(cluster, *node) == Some(Role::Leader));
+        if !self.drive(5_000, |cluster, _| newer(cluster).is_some())? {
+            return Ok(());
+        }
+        let newer_leader = newer(self.cluster).expect("driven until one is elected");
+        self.submit_new(newer_leader);
+        let learned = |cluster: &Cluster, _: &Checker| {
+            applied_through(cluster, compacting) >= slot && applied_through(cluster, newer_leader) >= slot
+        };
+        if !self.drive(3_000, learned)? {
+            return Ok(());
+        }
+
+        // 5. Dry network, P on L's side, held writes complete; a few ticks for the
+        // commit point.
+        if !self.drain(20_000)? {
+            return Ok(());
+        }
+        self.cluster.heal();
+        self.cluster.partition(&[leader, follower, compacting]);
+        summary.partitions += 1;
+        for _ in 0..5 {
+            self.settle(20_000)?;
+            self.tick()?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs one simulation. A panic inside a replica (its own safety assertions)
 /// counts as a violation too.
 pub fn run(config: &SimConfig) -> Result<Summary, Violation> {
@@ -260,30 +550,18 @@ fn run_inner(config: &SimConfig, step: &mut u64) -> Result<Summary, String> {
     let mut summary = Summary::default();
     let mut down: Vec<NodeId> = Vec::new();
 
-    // A command is acknowledged once the replica its client talks to has applied
-    // the slot it was decided in (directly, or through a snapshot covering it).
-    let acknowledge = |cluster: &Cluster, clients: &mut Clients, checker: &mut Checker| {
-        clients.pending.retain(|id, (_, node)| {
-            let Some(slot) = checker.slot_of.get(id) else { return true };
-            let Some(replica) = cluster.replica(*node) else { return true };
-            if replica.learner().applied_through() >= *slot {
-                checker.acknowledged.insert(*id);
-                return false;
-            }
-            true
-        });
-    };
+    if config.stale_leader && config.protocol == Protocol::Multi && config.replicas >= 7 {
+        let mut prelude =
+            Prelude { cluster: &mut cluster, checker: &mut checker, clients: &mut clients, step: &mut *step };
+        prelude.stale_leader(&mut summary)?;
+    }
 
     for _ in 0..config.steps {
         *step += 1;
         match rng.range_inclusive(0, 99) {
             0..=19 => {
-                clients.next_sequence += 1;
-                let command = Command::new(1, clients.next_sequence, clients.next_sequence.to_le_bytes().to_vec());
                 let node = rng.range_inclusive(1, size);
-                checker.submitted.insert(command.id);
-                submit(&mut cluster, &command, node);
-                clients.pending.insert(command.id, (command, node));
+                clients.submit_new(&mut cluster, &mut checker, node);
             }
             20..=22 => {
                 // A client retries a pending command under the same id.

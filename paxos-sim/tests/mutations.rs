@@ -41,6 +41,24 @@ fn a_proposer_that_skips_value_adoption_is_caught() {
 }
 
 #[test]
+fn a_leader_that_keeps_leading_after_being_overtaken_is_caught() {
+    // Only Multi-Paxos has leaders. The history takes seven replicas and a
+    // message older than a whole election on the other side; the simulator's
+    // stale-leader prelude sets it up on its own share of seeds (7, 15, ...). The
+    // checker must see the two values, not only an assertion inside the core.
+    let violation = mutations::with(Mutation::LeaderIgnoresOvertaking, || {
+        (0..24).find_map(|seed| {
+            run(&SimConfig { steps: 300, ..SimConfig::all_faults(Protocol::Multi, seed) })
+                .err()
+                .filter(|violation| !violation.what.starts_with("panic"))
+        })
+    })
+    .unwrap_or_else(|| panic!("the checker missed the planted bug for 24 seeds"));
+    assert!(violation.what.contains("decided with two values"), "{violation}");
+    eprintln!("caught: {violation}");
+}
+
+#[test]
 fn without_a_planted_bug_the_same_seeds_pass() {
     for seed in 0..5 {
         for protocol in [Protocol::Basic, Protocol::Multi] {
