@@ -150,8 +150,39 @@ impl Acceptor {
         log_wide: bool,
         ops: &mut Vec<StorageOp>,
     ) -> Result<(), Ballot> {
+        self.accept_each(ballot, first_slot, values.len(), log_wide, ops, |offset| values[offset].clone())
+    }
+
+    /// [`Acceptor::on_accept`] for values the caller gives up, such as a received
+    /// message's: the acceptor keeps them rather than copies, which saves a
+    /// reference count up and down per value on every follower.
+    pub fn on_accept_owned(
+        &mut self,
+        ballot: Ballot,
+        first_slot: Slot,
+        mut values: Vec<Value>,
+        log_wide: bool,
+        ops: &mut Vec<StorageOp>,
+    ) -> Result<(), Ballot> {
+        let count = values.len();
+        self.accept_each(ballot, first_slot, count, log_wide, ops, |offset| {
+            std::mem::replace(&mut values[offset], Value::Noop)
+        })
+    }
+
+    /// The accept rule for `count` values from `first_slot`, whose value at
+    /// `offset` `take(offset)` hands over (at most once per offset).
+    fn accept_each(
+        &mut self,
+        ballot: Ballot,
+        first_slot: Slot,
+        count: usize,
+        log_wide: bool,
+        ops: &mut Vec<StorageOp>,
+        mut take: impl FnMut(usize) -> Value,
+    ) -> Result<(), Ballot> {
         // Paxos Made Simple §2.2 P1a: accept only if no higher promise was made.
-        for offset in 0..values.len() as u64 {
+        for offset in 0..count as u64 {
             let promised = self.promised_for(first_slot + offset);
             #[cfg(feature = "mutations")]
             if crate::mutations::active(crate::mutations::Mutation::AcceptorIgnoresPromise) {
@@ -172,7 +203,7 @@ impl Acceptor {
             self.promised = ballot;
             ops.push(StorageOp::Promise(ballot));
         }
-        for (offset, value) in values.iter().enumerate() {
+        for offset in 0..count {
             let slot = first_slot + offset as u64;
             let entry = self.slots.get_mut(slot).expect("checked against the window above");
             if let Some((accepted_ballot, _)) = &entry.accepted {
@@ -183,8 +214,9 @@ impl Acceptor {
             }
             // Accepting at a ballot is also a promise of it, for this slot.
             entry.promised = entry.promised.max(ballot);
-            entry.accepted = Some((ballot, value.clone()));
+            let value = take(offset);
             push_in_place(ops, || StorageOp::Accept { slot, ballot, value: value.clone() });
+            entry.accepted = Some((ballot, value));
         }
         Ok(())
     }
@@ -253,6 +285,33 @@ mod tests {
         assert_eq!(acceptor.on_accept(Ballot::new(5, 1), 1, &[value("y")], true, &mut ops), Ok(()));
         assert!(ops.is_empty());
         acceptor.check_invariants();
+    }
+
+    #[test]
+    fn values_given_up_follow_the_same_rule_as_values_lent() {
+        // The same history through both entry points: same answers, ops and state.
+        let history = [
+            (Ballot::new(4, 9), 1, vec![value("x")]),
+            (Ballot::new(5, 1), 1, vec![value("y"), value("z")]),
+            (Ballot::new(5, 1), 2, vec![value("z"), value("w")]),
+            (Ballot::new(6, 2), 1, vec![value("v")]),
+        ];
+        let (mut lent, mut given) = (Acceptor::default(), Acceptor::default());
+        let (mut lent_ops, mut given_ops) = (Vec::new(), Vec::new());
+        lent.on_prepare(Ballot::new(5, 1), PrepareScope::From(1), &mut lent_ops).unwrap();
+        given.on_prepare(Ballot::new(5, 1), PrepareScope::From(1), &mut given_ops).unwrap();
+        for (ballot, first_slot, values) in history {
+            let lent_answer = lent.on_accept(ballot, first_slot, &values, true, &mut lent_ops);
+            let given_answer = given.on_accept_owned(ballot, first_slot, values, true, &mut given_ops);
+            assert_eq!(lent_answer, given_answer, "ballot {ballot}, slot {first_slot}");
+        }
+        assert_eq!(lent_ops, given_ops);
+        for slot in 1..=3 {
+            assert_eq!(lent.accepted(slot), given.accepted(slot), "slot {slot}");
+        }
+        assert_eq!(given.accepted(1), Some(&(Ballot::new(6, 2), value("v"))));
+        assert_eq!(given.accepted(3), Some(&(Ballot::new(5, 1), value("w"))));
+        given.check_invariants();
     }
 
     #[test]

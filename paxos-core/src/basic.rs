@@ -18,6 +18,7 @@
 //! value accepted by a majority just before every replica crashed is learned after
 //! they restart, with no new command to push an instance into its slot.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -272,8 +273,9 @@ impl Replica for BasicPaxos {
             }
             Message::Promise { .. } => {}
             Message::Accept { ballot, first_slot, values, .. } => {
-                if self.core.reply_to_accept(from, ballot, first_slot, &values, false) && !values.is_empty() {
-                    let last = first_slot + values.len() as u64 - 1;
+                let count = values.len() as u64;
+                if self.core.reply_to_accept(from, ballot, first_slot, Cow::Owned(values), false) && count > 0 {
+                    let last = first_slot + count - 1;
                     self.accepted_through = self.accepted_through.max(last);
                 }
             }

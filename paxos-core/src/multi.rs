@@ -7,6 +7,7 @@
 //! reported for each such slot, fills the holes with no-ops, and from then on
 //! sends only accepts. The commit point rides on accepts and heartbeats.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -228,7 +229,7 @@ impl MultiPaxos {
             let count = values.len() as u64;
             // The leader's own acceptor takes the accept here rather than through
             // the network: the same write, and its vote leaves only once durable.
-            self.core.reply_to_accept(leader, ballot, first, &values, true);
+            self.core.reply_to_accept(leader, ballot, first, Cow::Borrowed(&values), true);
             self.core.broadcast_to_peers(Message::Accept { ballot, first_slot: first, values, chosen_through });
             first += count;
             values = rest;
@@ -267,7 +268,7 @@ impl MultiPaxos {
     }
 
     fn on_accept(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, values: Vec<Value>, chosen_through: Slot) {
-        if self.core.reply_to_accept(from, ballot, first_slot, &values, true) {
+        if self.core.reply_to_accept(from, ballot, first_slot, Cow::Owned(values), true) {
             self.heard_from_leader(ballot);
             self.learn_commit(from, ballot, chosen_through);
         }

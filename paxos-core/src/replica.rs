@@ -1,6 +1,8 @@
 //! What Basic and Multi-Paxos replicas share: the `Replica` interface, and the
 //! acceptor, learner and catch-up plumbing both protocols drive the same way.
 
+use std::borrow::Cow;
+
 use crate::acceptor::Acceptor;
 use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
@@ -284,13 +286,18 @@ impl Core {
         from: NodeId,
         ballot: Ballot,
         first_slot: Slot,
-        values: &[Value],
+        values: Cow<'_, [Value]>,
         log_wide: bool,
     ) -> bool {
         self.observe_ballot(ballot);
-        match self.acceptor.on_accept(ballot, first_slot, values, log_wide, self.actions.persist.ops_mut()) {
+        let count = values.len() as u64;
+        let ops = self.actions.persist.ops_mut();
+        let accepted = match values {
+            Cow::Borrowed(values) => self.acceptor.on_accept(ballot, first_slot, values, log_wide, ops),
+            Cow::Owned(values) => self.acceptor.on_accept_owned(ballot, first_slot, values, log_wide, ops),
+        };
+        match accepted {
             Ok(()) => {
-                let count = values.len() as u64;
                 // Seed 001: the accept leaves only after it is durable.
                 self.actions.persist.push_message(from, Message::Accepted { ballot, first_slot, count });
                 true
