@@ -5,7 +5,7 @@
 //!   packaging, every example run to completion).
 //! - `bench`: Basic versus Multi-Paxos throughput (see `paxos-bench`).
 
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -53,7 +53,19 @@ pub(crate) fn run(mut command: Command) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// Errors end the output as one plain line (no backtrace, even with
+/// `RUST_BACKTRACE` set): the failing step has already said why above it.
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Test => {

@@ -3,7 +3,7 @@
 //! own), prints a comparison table, and writes `report.json` and `report.svg`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -206,7 +206,19 @@ fn default_out() -> PathBuf {
     }
 }
 
-fn main() -> Result<()> {
+/// Errors end the output as one plain line (no backtrace, even with
+/// `RUST_BACKTRACE` set), so the last thing a user sees says what failed.
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("paxos-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
     let cli = Cli::parse();
     let warm_up = Duration::from_millis(cli.warm_up_ms);
     let window = Duration::from_millis(cli.window_ms);
@@ -261,9 +273,20 @@ fn main() -> Result<()> {
     let svg_shown = svg_path.canonicalize().unwrap_or(svg_path);
     println!("report: {}", json_shown.display());
     println!("chart:  {}", svg_shown.display());
-    let failed = outcomes.iter().filter(|outcome| outcome.result.is_err()).count();
-    if failed > 0 {
-        bail!("{failed} of {} runs failed and report no figure (see the errors above)", outcomes.len());
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|outcome| {
+            let error = outcome.result.as_ref().err()?;
+            Some(format!("{} {}: {error}", outcome.spec.protocol, outcome.spec.label()))
+        })
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} runs failed and report no figure:\n  {}",
+            failures.len(),
+            outcomes.len(),
+            failures.join("\n  ")
+        );
     }
     Ok(())
 }
