@@ -184,19 +184,23 @@ fn run_child(spec: &Spec, cli: &Cli) -> Result<Record, String> {
         .output()
         .map_err(|error| format!("cannot start the run: {error}"))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // The error line, not the last line of a backtrace (RUST_BACKTRACE may be set);
-        // a panic's message is on the line after its location.
-        let lines: Vec<&str> = stderr.lines().collect();
-        let message = match lines.iter().position(|line| line.starts_with("Error:") || line.contains("panicked at")) {
-            Some(at) if lines[at].contains("panicked at") => lines[at..lines.len().min(at + 2)].join(" "),
-            Some(at) => lines[at].to_string(),
-            None => lines.iter().rfind(|line| !line.trim().is_empty()).unwrap_or(&"no message").to_string(),
-        };
+        let message = child_error(&String::from_utf8_lossy(&output.stderr));
         return Err(format!("run failed ({}): {message}", output.status));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).map_err(|error| format!("unreadable result {stdout:?}: {error}"))
+}
+
+/// What a failed child run said: its error line, or a panic's location and
+/// message, not the last line of a backtrace (`RUST_BACKTRACE` may be set).
+fn child_error(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    match lines.iter().position(|line| line.starts_with(ERROR_PREFIX) || line.contains("panicked at")) {
+        // A panic's message is on the line after its location.
+        Some(at) if lines[at].contains("panicked at") => lines[at..lines.len().min(at + 2)].join(" "),
+        Some(at) => lines[at].trim_start_matches(ERROR_PREFIX).trim().to_string(),
+        None => lines.iter().rfind(|line| !line.trim().is_empty()).unwrap_or(&"no message").to_string(),
+    }
 }
 
 fn default_out() -> PathBuf {
@@ -206,13 +210,16 @@ fn default_out() -> PathBuf {
     }
 }
 
+/// How this binary's error line starts; a parent run reads its child's by it.
+const ERROR_PREFIX: &str = "paxos-bench: error:";
+
 /// Errors end the output as one plain line (no backtrace, even with
 /// `RUST_BACKTRACE` set), so the last thing a user sees says what failed.
 fn main() -> ExitCode {
     match try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("paxos-bench: error: {error:#}");
+            eprintln!("{ERROR_PREFIX} {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -289,4 +296,19 @@ fn try_main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_child_run_is_reported_by_its_error_line_or_panic() {
+        let error = format!("{ERROR_PREFIX} the replicas' logs disagree, so no figure is reported: slot 3\n");
+        assert_eq!(child_error(&error), "the replicas' logs disagree, so no figure is reported: slot 3");
+        let panic = "\nthread 'main' panicked at paxos-core/src/learner.rs:9:5:\nagreement violated\nstack backtrace:\n   0: main\n";
+        assert_eq!(child_error(panic), "thread 'main' panicked at paxos-core/src/learner.rs:9:5: agreement violated");
+        assert_eq!(child_error("killed\n\n"), "killed");
+        assert_eq!(child_error(""), "no message");
+    }
 }
