@@ -61,18 +61,16 @@ impl AcceptTally {
 }
 
 /// Which recent sequence numbers of one client were applied, as a ring of bits.
-#[derive(Clone, Debug)]
-struct ClientWindow {
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ring {
     highest: u64,
     bits: Vec<u64>,
 }
 
-impl ClientWindow {
-    /// A window remembering at least `window` sequences, rounded up to a power of
-    /// two of at least 64 so positions are masks, not divisions.
-    fn new(window: u64) -> ClientWindow {
-        let bits = window.max(64).next_power_of_two();
-        ClientWindow { highest: 0, bits: vec![0; (bits / 64) as usize] }
+impl Ring {
+    /// A ring remembering `words * 64` sequences, none of them applied.
+    fn empty(words: usize) -> Ring {
+        Ring { highest: 0, bits: vec![0; words] }
     }
 
     fn window(&self) -> u64 {
@@ -82,6 +80,28 @@ impl ClientWindow {
     fn bit(&self, sequence: u64) -> (usize, u64) {
         let position = sequence & (self.window() - 1);
         ((position >> 6) as usize, 1u64 << (position & 63))
+    }
+
+    fn is_set(&self, sequence: u64) -> bool {
+        let (word, mask) = self.bit(sequence);
+        self.bits[word] & mask != 0
+    }
+
+    /// Sets the bits of the `count` sequences from `first` on (`count` at most
+    /// the window), a word at a time.
+    fn set_run(&mut self, first: u64, count: u64) {
+        let window = self.window();
+        debug_assert!(count <= window);
+        let mut position = first & (window - 1);
+        let mut left = count;
+        while left > 0 {
+            let offset = position & 63;
+            let take = left.min(64 - offset);
+            let mask = if take == 64 { u64::MAX } else { ((1u64 << take) - 1) << offset };
+            self.bits[(position >> 6) as usize] |= mask;
+            position = (position + take) & (window - 1);
+            left -= take;
+        }
     }
 
     /// Marks `sequence` applied; false if it already was, or is too old to tell.
@@ -110,6 +130,97 @@ impl ClientWindow {
         let fresh = self.bits[word] & mask == 0;
         self.bits[word] |= mask;
         fresh
+    }
+}
+
+/// Which recent sequence numbers of one client were applied.
+///
+/// Means exactly what a [`Ring`] of `words * 64` bits would (the learner's
+/// window; [`ClientWindow::to_ring`] gives that ring), but a client whose
+/// commands are applied in sequence order, as nearly every client's are, is two
+/// numbers held in the client map itself: no ring to allocate, copy or read from
+/// another cache line on every command. The first command out of order turns it
+/// into the ring for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ClientWindow {
+    /// Nothing applied yet.
+    Empty,
+    /// Of the sequences the window covers (the last `words * 64` up to
+    /// `highest`), exactly `low..=highest` were applied.
+    Run { low: u64, highest: u64 },
+    /// Any other pattern.
+    Ring(Box<Ring>),
+}
+
+impl ClientWindow {
+    /// Marks `sequence` applied; false if it already was, or is too old to tell
+    /// (see [`Ring::first_application`]). `words` is the learner's ring size.
+    #[inline]
+    fn first_application(&mut self, sequence: u64, words: usize) -> bool {
+        let window = words as u64 * 64;
+        match self {
+            ClientWindow::Run { low, highest } => {
+                if sequence > *highest {
+                    let gap = sequence - *highest;
+                    if gap == 1 {
+                        *highest = sequence;
+                        return true;
+                    }
+                    if gap >= window {
+                        // Everything remembered falls out of the window.
+                        *self = ClientWindow::Run { low: sequence, highest: sequence };
+                        return true;
+                    }
+                } else if *highest - sequence >= window || sequence >= *low {
+                    return false;
+                }
+                // Out of order and fresh: only a ring can tell what follows.
+                let mut ring = self.to_ring(words);
+                let fresh = ring.first_application(sequence);
+                debug_assert!(fresh, "sequences out of the run are fresh");
+                *self = ClientWindow::Ring(Box::new(ring));
+                fresh
+            }
+            ClientWindow::Empty => {
+                *self = ClientWindow::Run { low: sequence, highest: sequence };
+                true
+            }
+            ClientWindow::Ring(ring) => ring.first_application(sequence),
+        }
+    }
+
+    /// The ring of `words * 64` bits this window stands for.
+    fn to_ring(&self, words: usize) -> Ring {
+        match self {
+            ClientWindow::Empty => Ring::empty(words),
+            ClientWindow::Run { low, highest } => {
+                let mut ring = Ring { highest: *highest, bits: vec![0; words] };
+                let oldest = highest.saturating_sub(ring.window() - 1).max(*low);
+                ring.set_run(oldest, highest - oldest + 1);
+                ring
+            }
+            ClientWindow::Ring(ring) => (**ring).clone(),
+        }
+    }
+
+    /// The window a snapshot's ring stands for: a run if its set bits are one run
+    /// ending at `highest` and it has this learner's size, else the ring as is.
+    fn from_ring(ring: Ring, words: usize) -> ClientWindow {
+        if ring.bits.len() != words {
+            return ClientWindow::Ring(Box::new(ring));
+        }
+        let set: u64 = ring.bits.iter().map(|word| u64::from(word.count_ones())).sum();
+        if set == 0 && ring.highest == 0 {
+            return ClientWindow::Empty;
+        }
+        // The run of set bits ending at `highest`, at most the whole window long.
+        let run = (0..set.min(ring.highest.saturating_add(1)))
+            .take_while(|back| ring.is_set(ring.highest - back))
+            .count() as u64;
+        if run == 0 || run != set {
+            return ClientWindow::Ring(Box::new(ring));
+        }
+        ClientWindow::Run { low: ring.highest - (run - 1), highest: ring.highest }
     }
 }
 
@@ -149,7 +260,9 @@ pub struct Learner {
     /// Every slot `<= applied_through` is chosen and applied.
     applied_through: Slot,
     next_index: u64,
-    dedup_window: u64,
+    /// Words in a client's ring: the window asked for rounded up to a power of two of
+    /// at least 64 bits, so ring positions are masks, not divisions.
+    window_words: usize,
     /// Looked up once per run of same-client commands on every replica: a fast
     /// non-cryptographic hash, since client ids are not attacker-chosen keys here
     /// (they come from chosen values, which only members propose).
@@ -170,7 +283,7 @@ impl Learner {
             chosen: SlotMap::new(1),
             applied_through: 0,
             next_index: 0,
-            dedup_window,
+            window_words: (dedup_window.max(64).next_power_of_two() / 64) as usize,
             clients: FxHashMap::default(),
             runs: VecDeque::new(),
             duplicates: HashMap::new(),
@@ -269,11 +382,11 @@ impl Learner {
             // usually hold long runs, and this loop is on every replica's hot path.
             while start < commands.len() {
                 let client = commands[start].id.client;
-                let window = self.dedup_window;
-                let client_window = self.clients.entry(client).or_insert_with(|| ClientWindow::new(window));
+                let words = self.window_words;
+                let client_window = self.clients.entry(client).or_insert(ClientWindow::Empty);
                 let mut position = start;
                 while position < commands.len() && commands[position].id.client == client {
-                    if !client_window.first_application(commands[position].id.sequence) {
+                    if !client_window.first_application(commands[position].id.sequence, words) {
                         duplicates.push(position as u32);
                     }
                     position += 1;
@@ -338,10 +451,9 @@ impl Learner {
         let mut clients: Vec<ClientDedup> = self
             .clients
             .iter()
-            .map(|(client, window)| ClientDedup {
-                client: *client,
-                highest: window.highest,
-                applied: window.bits.clone(),
+            .map(|(client, window)| {
+                let Ring { highest, bits } = window.to_ring(self.window_words);
+                ClientDedup { client: *client, highest, applied: bits }
             })
             .collect();
         clients.sort_unstable_by_key(|dedup| dedup.client);
@@ -391,8 +503,9 @@ impl Learner {
         self.clients.clear();
         for dedup in &snapshot.clients {
             let valid = dedup.applied.len().is_power_of_two();
-            let bits = if valid { dedup.applied.clone() } else { ClientWindow::new(self.dedup_window).bits };
-            self.clients.insert(dedup.client, ClientWindow { highest: dedup.highest, bits });
+            let bits = if valid { dedup.applied.clone() } else { vec![0; self.window_words] };
+            let ring = Ring { highest: dedup.highest, bits };
+            self.clients.insert(dedup.client, ClientWindow::from_ring(ring, self.window_words));
         }
         true
     }
@@ -495,12 +608,66 @@ mod tests {
 
     #[test]
     fn dedup_window_forgets_old_sequences_conservatively() {
-        let mut window = ClientWindow::new(64);
-        assert!(window.first_application(5));
-        assert!(!window.first_application(5));
-        assert!(window.first_application(3));
-        assert!(window.first_application(200));
-        assert!(!window.first_application(3), "too old to tell: treated as applied");
-        assert!(window.first_application(199));
+        let mut window = ClientWindow::Empty;
+        assert!(window.first_application(5, 1));
+        assert!(!window.first_application(5, 1));
+        assert!(window.first_application(3, 1));
+        assert!(window.first_application(200, 1));
+        assert!(!window.first_application(3, 1), "too old to tell: treated as applied");
+        assert!(window.first_application(199, 1));
+    }
+
+    #[test]
+    fn a_client_applied_in_order_keeps_a_run_and_the_first_gap_makes_a_ring() {
+        let mut window = ClientWindow::Empty;
+        for sequence in 1..=1000 {
+            assert!(window.first_application(sequence, 1));
+        }
+        assert!(!window.first_application(990, 1));
+        assert_eq!(window, ClientWindow::Run { low: 1, highest: 1000 });
+        assert!(window.first_application(1002, 1));
+        assert!(matches!(window, ClientWindow::Ring(_)));
+        assert!(window.first_application(1001, 1));
+        assert!(!window.first_application(1001, 1));
+    }
+
+    /// One step of a client's sequence numbers, relative to the last one.
+    fn step() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => Just(1i64),
+            2 => -70i64..70,
+            1 => 60i64..300,
+            1 => -300i64..-60,
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever order sequences come in, a window answers and snapshots as the
+        /// plain ring of bits does, and so does one rebuilt from its snapshot.
+        #[test]
+        fn a_window_matches_the_ring_it_stands_for(
+            start in proptest::prop_oneof![0u64..3, (u64::MAX - 400)..=u64::MAX],
+            steps in proptest::collection::vec(step(), 1..300),
+            words in proptest::sample::select(vec![1usize, 2, 4]),
+            reload_at in 0usize..300,
+        ) {
+            let mut ring = Ring::empty(words);
+            let mut window = ClientWindow::Empty;
+            let mut sequence = start;
+            for (position, step) in steps.into_iter().enumerate() {
+                sequence = sequence.saturating_add_signed(step);
+                proptest::prop_assert_eq!(
+                    window.first_application(sequence, words),
+                    ring.first_application(sequence),
+                    "sequence {}", sequence
+                );
+                proptest::prop_assert_eq!(&window.to_ring(words), &ring);
+                if position == reload_at {
+                    window = ClientWindow::from_ring(window.to_ring(words), words);
+                    proptest::prop_assert_eq!(&window.to_ring(words), &ring);
+                }
+            }
+        }
     }
 }
