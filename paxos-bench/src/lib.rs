@@ -37,6 +37,9 @@
 pub mod check;
 pub mod measure;
 pub mod node_run;
+/// OmniPaxos 0.2.4 in the same one-thread loop, for the head-to-head bench (feature `compare-omnipaxos`).
+#[cfg(feature = "compare-omnipaxos")]
+pub mod omnipaxos_loop;
 pub mod protocol_loop;
 pub mod report;
 pub mod spec;
