@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: the Basic versus Multi-Paxos comparison (the `paxos-bench`
-//! binary, built in release mode), or with `--full` the whole criterion suite.
+//! binary, built in release mode), with `--full` the whole criterion suite, or
+//! with `--vs-omnipaxos` the criterion head-to-head against OmniPaxos 0.2.4.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::{cargo, run};
@@ -15,8 +16,16 @@ pub struct BenchArgs {
     /// Run the whole criterion suite (`cargo bench -p paxos-bench`); HTML reports in target/criterion.
     #[arg(long)]
     full: bool,
-    /// With --full: only benchmarks whose id contains this (criterion's filter), e.g. `loop/multi`.
-    #[arg(long, requires = "full")]
+    /// Run the criterion head-to-head of our Multi-Paxos against OmniPaxos 0.2.4, the
+    /// protocol alone in the same loop (`paxos-bench` feature `compare-omnipaxos`).
+    #[arg(long, conflicts_with_all = [
+        "full", "transports", "storages", "replicas", "command_bytes", "in_flight", "batch", "protocols",
+        "window_ms", "warm_up_ms",
+    ])]
+    vs_omnipaxos: bool,
+    /// With --full or --vs-omnipaxos: only benchmarks whose id contains this
+    /// (criterion's filter), e.g. `loop/multi` or `if10000`.
+    #[arg(long)]
     filter: Option<String>,
     /// Transports (comma-separated): loop (the protocol alone), memory, tcp, zmq.
     #[arg(long, value_delimiter = ',', value_parser = ["loop", "memory", "tcp", "zmq"], conflicts_with = "full")]
@@ -57,9 +66,15 @@ fn target_dir() -> PathBuf {
 
 /// Runs the comparison or the criterion suite.
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.full {
+    if args.filter.is_some() && !args.full && !args.vs_omnipaxos {
+        bail!("--filter picks criterion benchmarks: it goes with --full or --vs-omnipaxos");
+    }
+    if args.full || args.vs_omnipaxos {
         let mut command = cargo();
         command.current_dir(workspace_root()).args(["bench", "-p", "paxos-bench"]);
+        if args.vs_omnipaxos {
+            command.args(["--features", "compare-omnipaxos", "--bench", "omnipaxos"]);
+        }
         if let Some(filter) = &args.filter {
             command.args(["--", filter]);
         }
