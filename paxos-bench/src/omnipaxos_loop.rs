@@ -79,7 +79,9 @@ use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
 use paxos_core::CommandId;
 
 use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
-use crate::protocol_loop::{COMPACT_EVERY_SLOTS, ELECTION_TICKS_MAX, FINISH_TIMEOUT, IDLE_TICKS_MAX};
+use crate::protocol_loop::{
+    run_rounds_until, Rounds, COMPACT_EVERY_SLOTS, ELECTION_TICKS_MAX, FINISH_TIMEOUT, IDLE_TICKS_MAX,
+};
 
 /// Servers in the cluster, as in the protocol-alone headline figure.
 pub const SERVERS: usize = 3;
@@ -364,6 +366,22 @@ pub struct OmniLoopCluster {
     skip_fold: Option<(usize, usize)>,
 }
 
+impl Rounds for OmniLoopCluster {
+    type Error = OmniLoopError;
+
+    fn round(&mut self) -> Result<bool, OmniLoopError> {
+        OmniLoopCluster::round(self)
+    }
+
+    fn tick_all(&mut self) {
+        OmniLoopCluster::tick_all(self)
+    }
+
+    fn stalled(&self, what: &'static str) -> OmniLoopError {
+        OmniLoopError::Stalled { outstanding: self.outstanding, what }
+    }
+}
+
 impl fmt::Debug for OmniLoopCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OmniLoopCluster")
@@ -585,32 +603,14 @@ impl OmniLoopCluster {
         }
     }
 
-    /// Runs rounds until `done` holds, ticking when idle; fails after
-    /// [`IDLE_TICKS_MAX`] idle rounds in a row or at `deadline`.
+    /// Runs rounds until `done` holds (see [`run_rounds_until`]).
     fn run_until(
         &mut self,
         done: impl Fn(&OmniLoopCluster) -> bool,
         deadline: Instant,
         what: &'static str,
     ) -> Result<(), OmniLoopError> {
-        let mut idle = 0;
-        let mut checks = 0u32;
-        while !done(self) {
-            if self.round()? {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle > IDLE_TICKS_MAX {
-                    return Err(OmniLoopError::Stalled { outstanding: self.outstanding, what });
-                }
-                self.tick_all();
-            }
-            checks = checks.wrapping_add(1);
-            if checks.is_multiple_of(256) && Instant::now() >= deadline {
-                return Err(OmniLoopError::Stalled { outstanding: self.outstanding, what });
-            }
-        }
-        Ok(())
+        run_rounds_until(self, done, Some(deadline), what)
     }
 
     /// Runs until `count` more commands are decided at the leader; returns how long that took.

@@ -138,6 +138,65 @@ pub enum LoopError {
     Agreement(#[from] AgreementError),
 }
 
+/// A cluster driven a round at a time in one thread, by [`run_rounds_until`]:
+/// this loop's, and the OmniPaxos one it is compared with, so both follow the
+/// same policy for idle rounds, ticks and deadlines.
+pub(crate) trait Rounds {
+    /// Why a run stopped.
+    type Error;
+    /// One round; returns whether anything happened.
+    fn round(&mut self) -> Result<bool, Self::Error>;
+    /// Advances every replica by one tick.
+    fn tick_all(&mut self);
+    /// The error for a run that stopped moving while waiting for `what`.
+    fn stalled(&self, what: &'static str) -> Self::Error;
+}
+
+/// Runs rounds of `cluster` until `done` holds, ticking when a round did nothing;
+/// fails after [`IDLE_TICKS_MAX`] idle rounds in a row or at `deadline` (checked
+/// every 256 rounds: reading the clock costs more than a round at one in flight).
+pub(crate) fn run_rounds_until<C: Rounds>(
+    cluster: &mut C,
+    mut done: impl FnMut(&C) -> bool,
+    deadline: Option<Instant>,
+    what: &'static str,
+) -> Result<(), C::Error> {
+    let mut idle = 0;
+    let mut checks = 0u32;
+    while !done(cluster) {
+        if cluster.round()? {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle > IDLE_TICKS_MAX {
+                return Err(cluster.stalled(what));
+            }
+            cluster.tick_all();
+        }
+        checks = checks.wrapping_add(1);
+        if checks.is_multiple_of(256) && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(cluster.stalled(what));
+        }
+    }
+    Ok(())
+}
+
+impl Rounds for LoopCluster {
+    type Error = LoopError;
+
+    fn round(&mut self) -> Result<bool, LoopError> {
+        LoopCluster::round(self)
+    }
+
+    fn tick_all(&mut self) {
+        LoopCluster::tick_all(self)
+    }
+
+    fn stalled(&self, what: &'static str) -> LoopError {
+        LoopError::Stalled { outstanding: self.outstanding, what }
+    }
+}
+
 /// A cluster of sans-IO replicas and its closed-loop clients, in one thread.
 #[derive(Debug)]
 pub struct LoopCluster {
@@ -386,32 +445,14 @@ impl LoopCluster {
         }
     }
 
-    /// Runs rounds until `done` holds, ticking when idle; fails after
-    /// [`IDLE_TICKS_MAX`] idle rounds in a row or at `deadline`.
+    /// Runs rounds until `done` holds (see [`run_rounds_until`]).
     fn run_until(
         &mut self,
-        mut done: impl FnMut(&LoopCluster) -> bool,
+        done: impl FnMut(&LoopCluster) -> bool,
         deadline: Option<Instant>,
         what: &'static str,
     ) -> Result<(), LoopError> {
-        let mut idle = 0;
-        let mut checks = 0u32;
-        while !done(self) {
-            if self.round()? {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle > IDLE_TICKS_MAX {
-                    return Err(LoopError::Stalled { outstanding: self.outstanding, what });
-                }
-                self.tick_all();
-            }
-            checks = checks.wrapping_add(1);
-            if checks.is_multiple_of(256) && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(LoopError::Stalled { outstanding: self.outstanding, what });
-            }
-        }
-        Ok(())
+        run_rounds_until(self, done, deadline, what)
     }
 
     /// Runs `warm_up`, then measures for `window`: commands applied at the
