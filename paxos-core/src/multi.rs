@@ -236,26 +236,37 @@ impl MultiPaxos {
         }
     }
 
+    /// Leader: how many more slots the pipeline has room for; `None` if not leading.
+    fn room(&self) -> Option<u64> {
+        let State::Leader(leadership) = &self.state else { return None };
+        let window_start = self.core.learner.applied_through() + 1;
+        Some(self.core.config.slots_in_flight_max.saturating_sub(leadership.next_slot - window_start))
+    }
+
+    /// How many of `commands`, from the first, go in one batch: at most
+    /// `batch_commands_max` and `batch_bytes_max`, and at least one.
+    fn batch_len<'a>(&self, commands: impl Iterator<Item = &'a Command>) -> usize {
+        let mut count = 0;
+        let mut bytes = 0;
+        for command in commands {
+            let full = count >= self.core.config.batch_commands_max
+                || (bytes + command.payload.len() > self.core.config.batch_bytes_max);
+            if full && count > 0 {
+                break;
+            }
+            bytes += command.payload.len();
+            count += 1;
+        }
+        count
+    }
+
     /// Leader: turns queued commands into slots while the pipeline has room, and
     /// makes sure followers hear about a new commit point.
     fn flush(&mut self) {
-        let State::Leader(leadership) = &self.state else { return };
-        let window_start = self.core.learner.applied_through() + 1;
-        let room = self.core.config.slots_in_flight_max.saturating_sub(leadership.next_slot - window_start);
-        let batch_commands_max = self.core.config.batch_commands_max;
-        let batch_bytes_max = self.core.config.batch_bytes_max;
+        let Some(room) = self.room() else { return };
         let mut values = Vec::with_capacity(self.queue.len().min(room as usize));
         while !self.queue.is_empty() && (values.len() as u64) < room {
-            let mut count = 0;
-            let mut bytes = 0;
-            for command in &self.queue {
-                let full = count >= batch_commands_max || (bytes + command.payload.len() > batch_bytes_max);
-                if full && count > 0 {
-                    break;
-                }
-                bytes += command.payload.len();
-                count += 1;
-            }
+            let count = self.batch_len(self.queue.iter());
             let batch: Arc<[Command]> = if count == 1 {
                 // Without batching (or with one command waiting), skip the staging vector.
                 Arc::new([self.queue.pop_front().expect("counted above")])
@@ -453,6 +464,17 @@ impl Replica for MultiPaxos {
                 let pending_max = self.core.config.pending_commands_max;
                 if self.queue.len() + commands.len() > pending_max {
                     return Err(ProposeError::Busy { pending_max });
+                }
+                if self.queue.is_empty()
+                    && !commands.is_empty()
+                    && self.room().is_some_and(|room| room > 0)
+                    && self.batch_len(commands.iter()) == commands.len()
+                {
+                    // Nothing waits and these make one batch: move them into it
+                    // directly rather than through the queue (one copy, not two).
+                    let batch: Arc<[Command]> = commands.drain(..).collect();
+                    self.propose_values(vec![Value::Commands(batch)]);
+                    return Ok(());
                 }
                 self.queue.extend(commands.drain(..));
                 self.flush();
@@ -824,5 +846,67 @@ mod tests {
         let proposed: Vec<CommandId> =
             values.iter().flat_map(|value| value.commands().iter().map(|command| command.id)).collect();
         assert_eq!(proposed, vec![CommandId { client: 5, sequence: 1 }, CommandId { client: 5, sequence: 2 }]);
+    }
+
+    /// Carries out node 1's actions as a driver would (its messages to itself
+    /// delivered) and returns the batches of the accepts it sends node 2, as
+    /// client sequences.
+    fn accepted_batches(leader: &mut MultiPaxos) -> Vec<Vec<u64>> {
+        let mut batches = Vec::new();
+        loop {
+            let actions = leader.take_actions();
+            if actions.is_empty() {
+                return batches;
+            }
+            let (_, send, released) = persist(actions);
+            for outgoing in send.into_iter().chain(released) {
+                match (outgoing.to, outgoing.message) {
+                    (1, message) => leader.on_message(1, message),
+                    (2, Message::Accept { values, .. }) => batches.extend(
+                        values.iter().map(|value| value.commands().iter().map(|command| command.id.sequence).collect()),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn commands_beyond_one_batch_or_the_pipeline_wait_in_the_queue_in_order() {
+        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
+        config.batch_commands_max = 2;
+        config.slots_in_flight_max = 2;
+        let mut leader = MultiPaxos::new(config, &DurableState::default()).unwrap();
+        for _ in 0..2 * leader.core.config.election_timeout_ticks {
+            leader.tick();
+        }
+        let _ = leader.take_actions();
+        let ballot = leader.own_ballot().unwrap();
+        for peer in [2, 3] {
+            let promise =
+                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+            leader.on_message(peer, promise);
+        }
+        assert_eq!(leader.status().role, Role::Leader);
+        let _ = accepted_batches(&mut leader);
+        let commands = |sequences: &[u64]| -> Vec<Command> {
+            sequences.iter().map(|sequence| Command::new(5, *sequence, vec![*sequence as u8])).collect()
+        };
+
+        // Three commands are two batches: both slots of the pipeline.
+        leader.propose_from(&mut commands(&[1, 2, 3])).unwrap();
+        assert_eq!(accepted_batches(&mut leader), vec![vec![1, 2], vec![3]]);
+        // One that would make a batch alone waits while the pipeline is full.
+        leader.propose_from(&mut commands(&[4])).unwrap();
+        leader.propose_from(&mut commands(&[5])).unwrap();
+        assert!(accepted_batches(&mut leader).is_empty());
+        // Once both slots are chosen, the queue goes out in order.
+        leader.on_message(2, Message::Accepted { ballot, first_slot: 1, count: 2 });
+        assert_eq!(accepted_batches(&mut leader), vec![vec![4, 5]]);
+        // With nothing waiting, a batch goes straight out.
+        leader.on_message(2, Message::Accepted { ballot, first_slot: 3, count: 1 });
+        let _ = accepted_batches(&mut leader);
+        leader.propose_from(&mut commands(&[6, 7])).unwrap();
+        assert_eq!(accepted_batches(&mut leader), vec![vec![6, 7]]);
     }
 }
