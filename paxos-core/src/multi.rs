@@ -821,19 +821,7 @@ mod tests {
         assert_eq!(follower.propose_from(&mut buffer), Err(ProposeError::NotLeader { leader_hint: None }));
         assert_eq!(buffer.len(), 2, "refused commands stay with the caller");
 
-        let mut leader = replica(1);
-        for _ in 0..2 * leader.core.config.election_timeout_ticks {
-            leader.tick();
-        }
-        let _ = leader.take_actions();
-        let ballot = leader.own_ballot().unwrap();
-        for peer in [2, 3] {
-            let promise =
-                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
-            leader.on_message(peer, promise);
-        }
-        assert_eq!(leader.status().role, Role::Leader);
-        let _ = leader.take_actions();
+        let (mut leader, _) = elected(Config::new(1, [1, 2, 3], crate::config::Protocol::Multi));
         let capacity = buffer.capacity();
         leader.propose_from(&mut buffer).unwrap();
         assert!(buffer.is_empty());
@@ -846,6 +834,24 @@ mod tests {
         let proposed: Vec<CommandId> =
             values.iter().flat_map(|value| value.commands().iter().map(|command| command.id)).collect();
         assert_eq!(proposed, vec![CommandId { client: 5, sequence: 1 }, CommandId { client: 5, sequence: 2 }]);
+    }
+
+    /// Node 1 of `config`, elected by promises from nodes 2 and 3, with its actions so far taken.
+    fn elected(config: Config) -> (MultiPaxos, Ballot) {
+        let mut leader = MultiPaxos::new(config, &DurableState::default()).unwrap();
+        for _ in 0..2 * leader.core.config.election_timeout_ticks {
+            leader.tick();
+        }
+        let _ = leader.take_actions();
+        let ballot = leader.own_ballot().unwrap();
+        for peer in [2, 3] {
+            let promise =
+                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+            leader.on_message(peer, promise);
+        }
+        assert_eq!(leader.status().role, Role::Leader);
+        let _ = accepted_batches(&mut leader);
+        (leader, ballot)
     }
 
     /// Carries out node 1's actions as a driver would (its messages to itself
@@ -876,19 +882,7 @@ mod tests {
         let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
         config.batch_commands_max = 2;
         config.slots_in_flight_max = 2;
-        let mut leader = MultiPaxos::new(config, &DurableState::default()).unwrap();
-        for _ in 0..2 * leader.core.config.election_timeout_ticks {
-            leader.tick();
-        }
-        let _ = leader.take_actions();
-        let ballot = leader.own_ballot().unwrap();
-        for peer in [2, 3] {
-            let promise =
-                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
-            leader.on_message(peer, promise);
-        }
-        assert_eq!(leader.status().role, Role::Leader);
-        let _ = accepted_batches(&mut leader);
+        let (mut leader, ballot) = elected(config);
         let commands = |sequences: &[u64]| -> Vec<Command> {
             sequences.iter().map(|sequence| Command::new(5, *sequence, vec![*sequence as u8])).collect()
         };
