@@ -22,13 +22,25 @@ use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
 use crate::measure::Measurement;
 use crate::spec::{Spec, SpecError};
 
-/// Each replica compacts its log (an empty snapshot) after this many applied slots,
-/// or [`COMPACT_EVERY_COMMANDS`] applied commands, whichever comes first, so long
-/// runs keep memory bounded as a real deployment would.
-pub const COMPACT_EVERY_SLOTS: u64 = 16_384;
-/// See [`COMPACT_EVERY_SLOTS`]. Each snapshot copies every client's dedup window,
-/// so compacting much more often would cost more than the protocol itself.
-pub const COMPACT_EVERY_COMMANDS: u64 = 1 << 18;
+/// Each replica compacts its log (an empty snapshot) as a real deployment would,
+/// so long runs keep memory bounded, and as soon as that pays: once it holds
+/// [`COMPACT_MIN_SLOTS`] applied slots and has applied at least
+/// [`COMPACT_COMMANDS_PER_CLIENT`] commands per client since the last snapshot
+/// (each snapshot copies every client's dedup window, so compacting more often
+/// than that would cost more than the protocol itself). Whatever the load, it
+/// compacts at the latest after [`COMPACT_MAX_SLOTS`] slots or
+/// [`COMPACT_MAX_COMMANDS`] commands.
+///
+/// A small log stays in the cache: with one command in flight (one slot per
+/// command), compacting every 1,024 slots rather than every 16,384 ran the loop
+/// about 10% faster and halved its peak memory.
+pub const COMPACT_MIN_SLOTS: u64 = 1024;
+/// See [`COMPACT_MIN_SLOTS`].
+pub const COMPACT_COMMANDS_PER_CLIENT: u64 = 64;
+/// See [`COMPACT_MIN_SLOTS`].
+pub const COMPACT_MAX_SLOTS: u64 = 16_384;
+/// See [`COMPACT_MIN_SLOTS`].
+pub const COMPACT_MAX_COMMANDS: u64 = 1 << 18;
 /// One command in this many has its commit latency timed, picked by submission
 /// order (which has nothing to do with how long a command takes, so the sample is
 /// unbiased). Reading the clock for every command took about an eighth of the
@@ -431,12 +443,15 @@ impl LoopCluster {
     }
 
     fn compact(&mut self) {
+        let clients = self.next_sequence.len() as u64;
         for (position, replica) in self.replicas.iter_mut().enumerate() {
             let applied = replica.learner().applied_through();
             let commands = self.logs[position].count;
-            let due = applied >= self.compacted_through[position] + COMPACT_EVERY_SLOTS
-                || (commands >= self.compacted_commands[position] + COMPACT_EVERY_COMMANDS
-                    && applied > self.compacted_through[position]);
+            let slots = applied.saturating_sub(self.compacted_through[position]);
+            let since = commands.saturating_sub(self.compacted_commands[position]);
+            let due = slots >= COMPACT_MAX_SLOTS
+                || (since >= COMPACT_MAX_COMMANDS && slots > 0)
+                || (slots >= COMPACT_MIN_SLOTS && since >= COMPACT_COMMANDS_PER_CLIENT * clients);
             if due && replica.compact(applied, Vec::new()).is_ok() {
                 self.stepped[position] = true;
                 self.compacted_through[position] = applied;
