@@ -106,7 +106,9 @@ async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
     let again = add(&handles, 0, Command::new(1, 5, b"v5".to_vec())).await;
     assert_eq!(again, indexes[4]);
 
-    // Every node serves every index with the same command, once caught up.
+    // Every node serves every index with the same command, once caught up. The
+    // reference is node 1, which need not be the node that answered the adds.
+    assert!(applied_at_least(&handles[0], 20).await, "node 1 applies every command");
     for index in 0..20 {
         let expected = handles[0].get(index).await.unwrap().expect("applied on node 1");
         for handle in &handles[1..] {
