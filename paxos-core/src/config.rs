@@ -14,6 +14,10 @@ pub enum Protocol {
 /// The largest cluster the core supports (votes are tracked in a `u64` bitmask).
 pub const MEMBERS_MAX: usize = 64;
 
+/// The largest [`Config::dedup_window`]: a client applied out of order keeps a
+/// ring of this many bits (128 KiB) on every replica.
+pub const MAX_DEDUP_WINDOW: u64 = 1 << 20;
+
 /// Configuration of one replica. Build one with [`Config::new`], adjust fields,
 /// and the node validates it once at construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +145,12 @@ impl Config {
                 return Err(ConfigError::Invalid { name, reason: "must be at least 1" });
             }
         }
+        if self.dedup_window > MAX_DEDUP_WINDOW {
+            return Err(ConfigError::Invalid {
+                name: "dedup_window",
+                reason: "must be at most MAX_DEDUP_WINDOW (1,048,576): a client out of order keeps that many bits",
+            });
+        }
         if self.heartbeat_ticks >= self.election_timeout_ticks {
             return Err(ConfigError::Invalid {
                 name: "heartbeat_ticks",
@@ -186,6 +196,11 @@ mod tests {
         config = Config::new(1, [1, 2, 3], Protocol::Basic);
         config.slots_in_flight_max = 0;
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { name: "slots_in_flight_max", .. })));
+        config = Config::new(1, [1, 2, 3], Protocol::Multi);
+        config.dedup_window = MAX_DEDUP_WINDOW;
+        assert_eq!(config.validate(), Ok(()));
+        config.dedup_window = MAX_DEDUP_WINDOW + 1;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { name: "dedup_window", .. })));
     }
 
     #[test]
