@@ -278,6 +278,26 @@ impl MultiPaxos {
         self.propose_values(values);
     }
 
+    /// Leader with nothing queued: proposes as many batches from the front of
+    /// `commands` as `room` slots take, the way [`MultiPaxos::flush`] would cut
+    /// them from the queue, and leaves the rest in `commands`.
+    fn propose_direct(&mut self, commands: &mut Vec<Command>, room: u64) {
+        let mut sizes = Vec::new();
+        let mut taken = 0;
+        while taken < commands.len() && (sizes.len() as u64) < room {
+            let count = self.batch_len(commands[taken..].iter());
+            sizes.push(count);
+            taken += count;
+        }
+        if sizes.is_empty() {
+            return;
+        }
+        let mut front = commands.drain(..taken);
+        let values = sizes.iter().map(|count| Value::Commands(front.by_ref().take(*count).collect())).collect();
+        drop(front);
+        self.propose_values(values);
+    }
+
     fn on_accept(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, values: Vec<Value>, chosen_through: Slot) {
         if self.core.reply_to_accept(from, ballot, first_slot, Cow::Owned(values), true) {
             self.heard_from_leader(ballot);
@@ -465,16 +485,17 @@ impl Replica for MultiPaxos {
                 if self.queue.len() + commands.len() > pending_max {
                     return Err(ProposeError::Busy { pending_max });
                 }
-                if self.queue.is_empty()
-                    && !commands.is_empty()
-                    && self.room().is_some_and(|room| room > 0)
-                    && self.batch_len(commands.iter()) == commands.len()
-                {
-                    // Nothing waits and these make one batch: move them into it
-                    // directly rather than through the queue (one copy, not two).
-                    let batch: Arc<[Command]> = commands.drain(..).collect();
-                    self.propose_values(vec![Value::Commands(batch)]);
-                    return Ok(());
+                if self.queue.is_empty() && !commands.is_empty() {
+                    // Nothing waits: the batches the pipeline has room for go
+                    // straight from `commands` (one move per command, where the
+                    // queue takes two), and only the rest waits in the queue.
+                    let room = self.room().unwrap_or(0);
+                    if room > 0 && self.batch_len(commands.iter()) == commands.len() {
+                        let batch: Arc<[Command]> = commands.drain(..).collect();
+                        self.propose_values(vec![Value::Commands(batch)]);
+                        return Ok(());
+                    }
+                    self.propose_direct(commands, room);
                 }
                 self.queue.extend(commands.drain(..));
                 self.flush();
@@ -902,5 +923,13 @@ mod tests {
         let _ = accepted_batches(&mut leader);
         leader.propose_from(&mut commands(&[6, 7])).unwrap();
         assert_eq!(accepted_batches(&mut leader), vec![vec![6, 7]]);
+        // Three batches with room for two: those two go straight out, the third
+        // waits in the queue until a slot is chosen.
+        leader.on_message(2, Message::Accepted { ballot, first_slot: 4, count: 1 });
+        let _ = accepted_batches(&mut leader);
+        leader.propose_from(&mut commands(&[8, 9, 10, 11, 12])).unwrap();
+        assert_eq!(accepted_batches(&mut leader), vec![vec![8, 9], vec![10, 11]]);
+        leader.on_message(2, Message::Accepted { ballot, first_slot: 5, count: 1 });
+        assert_eq!(accepted_batches(&mut leader), vec![vec![12]]);
     }
 }
