@@ -260,41 +260,43 @@ impl MultiPaxos {
         count
     }
 
+    /// The first batches, at most `room` of them, of `len` commands that
+    /// `from(start)` iterates from position `start` on: each batch's size, and
+    /// how many commands they take in all.
+    fn batch_sizes<'a, I: Iterator<Item = &'a Command>>(
+        &self,
+        len: usize,
+        room: u64,
+        from: impl Fn(usize) -> I,
+    ) -> (Vec<usize>, usize) {
+        let mut sizes = Vec::new();
+        let mut taken = 0;
+        while taken < len && (sizes.len() as u64) < room {
+            let count = self.batch_len(from(taken));
+            sizes.push(count);
+            taken += count;
+        }
+        (sizes, taken)
+    }
+
     /// Leader: turns queued commands into slots while the pipeline has room, and
     /// makes sure followers hear about a new commit point.
     fn flush(&mut self) {
         let Some(room) = self.room() else { return };
-        let mut values = Vec::with_capacity(self.queue.len().min(room as usize));
-        while !self.queue.is_empty() && (values.len() as u64) < room {
-            let count = self.batch_len(self.queue.iter());
-            let batch: Arc<[Command]> = if count == 1 {
-                // Without batching (or with one command waiting), skip the staging vector.
-                Arc::new([self.queue.pop_front().expect("counted above")])
-            } else {
-                self.queue.drain(..count).collect()
-            };
-            values.push(Value::Commands(batch));
+        if self.queue.is_empty() {
+            return;
         }
+        let (sizes, taken) = self.batch_sizes(self.queue.len(), room, |start| self.queue.range(start..));
+        let values = cut_batches(&sizes, &mut self.queue.drain(..taken));
         self.propose_values(values);
     }
 
-    /// Leader with nothing queued: proposes as many batches from the front of
-    /// `commands` as `room` slots take, the way [`MultiPaxos::flush`] would cut
-    /// them from the queue, and leaves the rest in `commands`.
+    /// Leader with nothing queued: proposes the batches `room` slots take from
+    /// the front of `commands`, cut as [`MultiPaxos::flush`] cuts them from the
+    /// queue, and leaves the rest in `commands`.
     fn propose_direct(&mut self, commands: &mut Vec<Command>, room: u64) {
-        let mut sizes = Vec::new();
-        let mut taken = 0;
-        while taken < commands.len() && (sizes.len() as u64) < room {
-            let count = self.batch_len(commands[taken..].iter());
-            sizes.push(count);
-            taken += count;
-        }
-        if sizes.is_empty() {
-            return;
-        }
-        let mut front = commands.drain(..taken);
-        let values = sizes.iter().map(|count| Value::Commands(front.by_ref().take(*count).collect())).collect();
-        drop(front);
+        let (sizes, taken) = self.batch_sizes(commands.len(), room, |start| commands[start..].iter());
+        let values = cut_batches(&sizes, &mut commands.drain(..taken));
         self.propose_values(values);
     }
 
@@ -475,6 +477,23 @@ impl MultiPaxos {
             self.core.actions.send(to, Message::Accept { ballot, first_slot, values, chosen_through });
         }
     }
+}
+
+/// One value per size in `sizes`, each a batch of that many commands taken in
+/// order from `front`, which must hold at least their sum.
+fn cut_batches(sizes: &[usize], front: &mut impl Iterator<Item = Command>) -> Vec<Value> {
+    sizes
+        .iter()
+        .map(|count| {
+            let batch: Arc<[Command]> = if *count == 1 {
+                // Without batching (or with one command waiting), skip the staging vector.
+                Arc::new([front.next().expect("sizes add up to at most what front holds")])
+            } else {
+                front.by_ref().take(*count).collect()
+            };
+            Value::Commands(batch)
+        })
+        .collect()
 }
 
 impl Replica for MultiPaxos {
