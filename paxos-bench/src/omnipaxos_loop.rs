@@ -696,6 +696,17 @@ mod tests {
     }
 
     #[test]
+    fn a_trim_interval_set_by_hand_is_the_one_used() {
+        let mut cluster = OmniLoopCluster::new(1).expect("the OmniPaxos cluster starts");
+        cluster.set_trim_every(1024);
+        cluster.run_commands(3_000).expect("commands are decided");
+        cluster.finish().expect("the servers' logs agree");
+        let trimmed = cluster.trimmed_through();
+        assert!(trimmed >= 2048, "trimmed every 1,024 entries read: {cluster:?}");
+        assert!(trimmed < TRIM_EVERY_ENTRIES, "not at the default interval: {cluster:?}");
+    }
+
+    #[test]
     fn sixty_four_in_flight_agrees() {
         run_and_check(64, 5_000);
     }

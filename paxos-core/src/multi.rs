@@ -279,8 +279,7 @@ impl MultiPaxos {
         (sizes, taken)
     }
 
-    /// Leader: turns queued commands into slots while the pipeline has room, and
-    /// makes sure followers hear about a new commit point.
+    /// Leader: turns queued commands into slots while the pipeline has room.
     fn flush(&mut self) {
         let Some(room) = self.room() else { return };
         if self.queue.is_empty() {
@@ -510,6 +509,9 @@ impl Replica for MultiPaxos {
                     // queue takes two), and only the rest waits in the queue.
                     let room = self.room().unwrap_or(0);
                     if room > 0 && self.batch_len(commands.iter()) == commands.len() {
+                        // One batch, the usual case, skips the list of sizes
+                        // `propose_direct` builds: at one command in flight that
+                        // path cost 5,951 instructions per command against 5,640.
                         let batch: Arc<[Command]> = commands.drain(..).collect();
                         self.propose_values(vec![Value::Commands(batch)]);
                         return Ok(());
