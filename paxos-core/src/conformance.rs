@@ -12,7 +12,7 @@ use futures::FutureExt;
 
 use crate::ballot::{Ballot, NodeId};
 use crate::message::{Command, Message, Value};
-use crate::storage::{DurableState, Storage, StorageOp};
+use crate::storage::{AppliedSequences, ClientDedup, DurableState, Storage, StorageOp};
 use crate::transport::Transport;
 
 fn value(tag: u8, bytes: usize) -> Value {
@@ -72,7 +72,10 @@ where
     let compact = StorageOp::Compact(Box::new(crate::storage::Snapshot {
         through_slot: 1,
         next_index: 1,
-        clients: vec![crate::storage::ClientDedup { client: 1, highest: 1, applied: vec![2; 64] }],
+        clients: vec![
+            ClientDedup { client: 1, highest: 1, applied: AppliedSequences::Ring(vec![2; 64]) },
+            ClientDedup { client: 7, highest: 90, applied: AppliedSequences::Run { older: 40 } },
+        ],
         dedup_through: 2,
         duplicates: vec![(2, vec![0])],
         data: b"application state".to_vec(),

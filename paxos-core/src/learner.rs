@@ -13,7 +13,7 @@ use crate::actions::{push_in_place, Decided};
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Command, Value};
 use crate::slots::SlotMap;
-use crate::storage::ClientDedup;
+use crate::storage::{AppliedSequences, ClientDedup};
 
 /// Phase 2b votes per slot, for the ballot being counted.
 #[derive(Clone, Debug)]
@@ -220,6 +220,35 @@ impl ClientWindow {
                 ring
             }
             ClientWindow::Ring(ring) => (**ring).clone(),
+        }
+    }
+
+    /// This window as a snapshot records it: `(highest, applied)`. A run stays
+    /// a run, so a snapshot of clients applied in order allocates nothing per client.
+    fn to_snapshot(&self, words: usize) -> (u64, AppliedSequences) {
+        match self {
+            ClientWindow::Run { highest, older } => (*highest, AppliedSequences::Run { older: *older }),
+            ClientWindow::Empty | ClientWindow::Ring(_) => {
+                let Ring { highest, bits } = self.to_ring(words);
+                (highest, AppliedSequences::Ring(bits))
+            }
+        }
+    }
+
+    /// The window a snapshot's record stands for (see [`ClientWindow::to_snapshot`]).
+    /// The record may come from a peer: a run longer than its highest sequence
+    /// allows, or than the window, is cut to fit, and a ring whose size is not a
+    /// power of two is read as an empty one.
+    fn from_snapshot(highest: u64, applied: &AppliedSequences, words: usize) -> ClientWindow {
+        match applied {
+            AppliedSequences::Run { older } => {
+                let count = (u64::from(*older) + 1).min(highest.saturating_add(1));
+                ClientWindow::run(highest, count, words as u64 * 64)
+            }
+            AppliedSequences::Ring(bits) => {
+                let bits = if bits.len().is_power_of_two() { bits.clone() } else { vec![0; words] };
+                ClientWindow::from_ring(Ring { highest, bits }, words)
+            }
         }
     }
 
@@ -478,8 +507,8 @@ impl Learner {
             .clients
             .iter()
             .map(|(client, window)| {
-                let Ring { highest, bits } = window.to_ring(self.window_words);
-                ClientDedup { client: *client, highest, applied: bits }
+                let (highest, applied) = window.to_snapshot(self.window_words);
+                ClientDedup { client: *client, highest, applied }
             })
             .collect();
         clients.sort_unstable_by_key(|dedup| dedup.client);
@@ -528,10 +557,8 @@ impl Learner {
         self.preset = snapshot.duplicates.iter().cloned().collect();
         self.clients.clear();
         for dedup in &snapshot.clients {
-            let valid = dedup.applied.len().is_power_of_two();
-            let bits = if valid { dedup.applied.clone() } else { vec![0; self.window_words] };
-            let ring = Ring { highest: dedup.highest, bits };
-            self.clients.insert(dedup.client, ClientWindow::from_ring(ring, self.window_words));
+            let window = ClientWindow::from_snapshot(dedup.highest, &dedup.applied, self.window_words);
+            self.clients.insert(dedup.client, window);
         }
         true
     }
@@ -657,6 +684,22 @@ mod tests {
         assert!(!window.first_application(1001, 1));
     }
 
+    #[test]
+    fn a_snapshot_record_from_a_peer_is_cut_to_fit() {
+        // A run longer than the sequences below its highest one, or than the window.
+        let window = ClientWindow::from_snapshot(5, &AppliedSequences::Run { older: u32::MAX }, 1);
+        assert_eq!(window, ClientWindow::Run { highest: 5, older: 5 });
+        let window = ClientWindow::from_snapshot(1000, &AppliedSequences::Run { older: u32::MAX }, 1);
+        assert_eq!(window, ClientWindow::Run { highest: 1000, older: 63 });
+        let window = ClientWindow::from_snapshot(u64::MAX, &AppliedSequences::Run { older: 3 }, 1);
+        assert_eq!(window, ClientWindow::Run { highest: u64::MAX, older: 3 });
+        // A ring whose size is not a power of two is read as nothing applied.
+        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(vec![u64::MAX; 3]), 1);
+        assert!(window.first_application(9, 1), "nothing applied");
+        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(Vec::new()), 1);
+        assert!(window.first_application(8, 1), "nothing applied");
+    }
+
     /// One step of a client's sequence numbers, relative to the last one.
     fn step() -> impl proptest::strategy::Strategy<Value = i64> {
         use proptest::prelude::*;
@@ -689,6 +732,8 @@ mod tests {
                     "sequence {}", sequence
                 );
                 proptest::prop_assert_eq!(&window.to_ring(words), &ring);
+                let (highest, applied) = window.to_snapshot(words);
+                proptest::prop_assert_eq!(&ClientWindow::from_snapshot(highest, &applied, words).to_ring(words), &ring);
                 if position == reload_at {
                     window = ClientWindow::from_ring(window.to_ring(words), words);
                     proptest::prop_assert_eq!(&window.to_ring(words), &ring);

@@ -65,5 +65,5 @@ pub use message::{AcceptedEntry, Command, CommandId, Message, Outgoing, PrepareS
 pub use multi::MultiPaxos;
 pub use node::{Node, NodeError, NodeHandle};
 pub use replica::{new_replica, CompactError, ProposeError, Replica, Role, Status};
-pub use storage::{ClientDedup, DurableState, SlotState, Snapshot, Storage, StorageOp};
+pub use storage::{AppliedSequences, ClientDedup, DurableState, SlotState, Snapshot, Storage, StorageOp};
 pub use transport::{OutboundQueue, Transport};

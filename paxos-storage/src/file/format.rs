@@ -35,7 +35,7 @@ use super::FileError;
 /// The magic bytes every log file starts with.
 const FILE_MAGIC: &[u8; 8] = b"PAXOSLOG";
 /// The format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Bytes of the file header.
 pub(crate) const FILE_HEADER_BYTES: usize = 16;
 /// Bytes of a record header (length and CRC).
