@@ -1,7 +1,7 @@
 //! Small-message rate between two nodes over ZeroMQ on loopback: node 1 keeps
 //! node 2's queue topped up for two seconds and node 2 counts what arrives.
 //!
-//! `cargo run --release -p paxos-transport-zmq --example loopback_rate`
+//! `cargo run --release -p paxos-transport-zmq --example zmq_loopback_rate`
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! Measures one-way throughput of small messages between two TCP transports on
-//! loopback (tokio): `cargo run --release -p paxos-transport-tcp --example loopback_rate [seconds]`.
+//! loopback (tokio): `cargo run --release -p paxos-transport-tcp --example tcp_loopback_rate [seconds]`.
 //!
 //! The sender keeps node 2's outbound queue about half full, so the queue never
 //! drops and the figure is what the connection and its coalesced writes carry.
