@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use futures::future::FutureExt;
+use futures::future::{FusedFuture, FutureExt};
 use futures::{SinkExt, StreamExt};
 
 use crate::actions::{Actions, Decided, Event, PersistThen};
@@ -27,6 +27,15 @@ use crate::transport::Transport;
 /// Most chosen records the driver holds back from storage before it writes them
 /// anyway (see [`PersistThen::is_deferrable`]).
 const DEFERRED_OPS_MAX: usize = 4096;
+
+/// Most ops queued behind the write in flight before the driver stops taking
+/// input and waits for the disk: what keeps a slow disk from letting the queue,
+/// and the messages waiting on it, grow without bound.
+const QUEUED_OPS_MAX: usize = 4096;
+
+/// A write to storage in flight, owning what it writes; it yields the messages
+/// that waited on it.
+type Write<E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Outgoing>, E>> + Send>>;
 
 /// Driver settings that involve real time; the replica itself only counts ticks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,7 +225,7 @@ impl Node {
             node_id,
             replica,
             transport: std::sync::Arc::new(transport),
-            storage,
+            storage: std::sync::Arc::new(storage),
             options: options.clone(),
             local: VecDeque::new(),
             waiters: HashMap::with_hasher(IdHasherBuilder::new()),
@@ -232,6 +241,7 @@ impl Node {
             subscribers: Vec::new(),
             event_watchers: Vec::new(),
             deferred: PersistThen::default(),
+            queued: PersistThen::default(),
         };
         let shared_requests = std::sync::Arc::new(std::sync::Mutex::new(requests.clone()));
         let handle = NodeHandle { node_id, requests, shared_requests, options };
@@ -512,7 +522,9 @@ struct Driver<T, S> {
     node_id: NodeId,
     replica: Box<dyn Replica>,
     transport: std::sync::Arc<T>,
-    storage: S,
+    /// Shared with the write in flight, which owns a handle so the driver goes on
+    /// taking messages and requests while the disk syncs.
+    storage: std::sync::Arc<S>,
     options: NodeOptions,
     /// Messages this node sent to itself, delivered without the transport.
     local: VecDeque<Message>,
@@ -539,32 +551,53 @@ struct Driver<T, S> {
     /// they go out in front of the next write that must be durable, or at the
     /// next tick or shutdown, whichever comes first.
     deferred: PersistThen,
+    /// Writes (and the messages waiting on them) made while another write was in
+    /// flight: they go to storage as one write, in order, once that one is done.
+    queued: PersistThen,
 }
 
-impl<T: Transport, S: Storage> Driver<T, S> {
+impl<T: Transport, S: Storage + 'static> Driver<T, S> {
+    /// The driver loop. Storage writes overlap everything else: one write is in
+    /// flight at a time (so writes reach storage in order), and what the replica
+    /// asks to write meanwhile is queued and goes out as the next write, which
+    /// is the group commit. A message that must wait for a write (seed 001: a
+    /// promise or an accept leaves only once durable) is released when that
+    /// write completes, never before.
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) -> Result<(), NodeError> {
         tracing::info!(node = self.node_id, "node started");
         let actions = self.replica.take_actions();
-        self.carry_out(actions).await?;
+        self.carry_out(actions);
+        self.settle();
+        let mut writing = self.next_write()?;
         let mut ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
         let transport = self.transport.clone();
         let mut receive = transport.recv().fuse();
         loop {
+            if !writing.is_terminated() && self.queued.ops().len() >= QUEUED_OPS_MAX {
+                // The disk is behind: take no more input until it catches up.
+                let released = (&mut writing).await;
+                self.written(released)?;
+                self.settle();
+                writing = self.next_write()?;
+                continue;
+            }
             let mut stop = false;
             let mut inputs = 0;
             // Wait for one input, then take whatever else is ready, up to a bound,
             // so one write and one round of sends cover many inputs.
             // The ticker comes first: under constant load, ticks (heartbeats,
-            // retransmission, elections) must not starve behind messages.
+            // retransmission, elections) must not starve behind messages. A finished
+            // write comes next: the messages it releases are what others wait for.
             futures::select_biased! {
                 _ = ticker => {
                     self.replica.tick();
                     self.ticks += 1;
                     self.expire();
                     self.resubmit(false);
-                    self.flush_deferred().await?;
+                    self.flush_deferred();
                     ticker = futures_timer::Delay::new(self.options.tick_interval).fuse();
                 }
+                released = writing => self.written(released)?,
                 received = receive => {
                     self.on_received(received)?;
                     receive = transport.recv().fuse();
@@ -592,22 +625,78 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                 }
             }
             self.propose_round();
-            loop {
-                while let Some(message) = self.local.pop_front() {
-                    self.replica.on_message(self.node_id, message);
-                }
-                let actions = self.replica.take_actions();
-                if actions.is_empty() {
-                    break;
-                }
-                self.carry_out(actions).await?;
+            self.settle();
+            if writing.is_terminated() {
+                writing = self.next_write()?;
             }
             if stop {
-                self.flush_deferred().await?;
+                // Everything asked for is written before the node reports it stopped.
+                loop {
+                    self.flush_deferred();
+                    if writing.is_terminated() {
+                        writing = self.next_write()?;
+                    }
+                    if writing.is_terminated() {
+                        break;
+                    }
+                    let released = (&mut writing).await;
+                    self.written(released)?;
+                    self.settle();
+                }
                 tracing::info!(node = self.node_id, "node stopped");
                 return Ok(());
             }
         }
+    }
+
+    /// Lets the replica handle the messages it sent itself, and carries out what
+    /// it asks for, until it asks for nothing more.
+    fn settle(&mut self) {
+        loop {
+            while let Some(message) = self.local.pop_front() {
+                self.replica.on_message(self.node_id, message);
+            }
+            let actions = self.replica.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            self.carry_out(actions);
+        }
+    }
+
+    /// Starts writing what is queued, if anything is and nothing else is in
+    /// flight (the caller checks). A write that finishes at once, as memory
+    /// storage's does, releases its messages here and the next write starts: the
+    /// driver waits for a disk, never for an in-memory store.
+    fn next_write(&mut self) -> Result<futures::future::Fuse<Write<S::Error>>, NodeError> {
+        loop {
+            if self.queued.is_empty() {
+                return Ok(futures::future::Fuse::terminated());
+            }
+            let batch = std::mem::take(&mut self.queued);
+            let storage = std::sync::Arc::clone(&self.storage);
+            let mut write: Write<S::Error> = Box::pin(async move { batch.persist(&*storage).await });
+            match (&mut write).now_or_never() {
+                Some(released) => {
+                    self.written(released)?;
+                    self.settle();
+                }
+                None => return Ok(write.fuse()),
+            }
+        }
+    }
+
+    /// A write finished: sends the messages that waited on it, or stops the node
+    /// if it failed (it never replies as if the write had succeeded).
+    fn written(&mut self, released: Result<Vec<Outgoing>, S::Error>) -> Result<(), NodeError> {
+        let released = released.map_err(|error| {
+            tracing::error!(node = self.node_id, %error, "durable write failed; stopping");
+            NodeError::Storage(Box::new(error))
+        })?;
+        for outgoing in released {
+            self.dispatch(outgoing);
+        }
+        Ok(())
     }
 
     /// Proposes the commands added this round as one batch. If the replica
@@ -780,7 +869,7 @@ impl<T: Transport, S: Storage> Driver<T, S> {
     /// replica's own vote counts only once its write is). Writes of nothing but
     /// chosen records are held back and ride with the next durable write, so the
     /// answer to a client never waits on an fdatasync that safety does not need.
-    async fn carry_out(&mut self, actions: Actions) -> Result<(), NodeError> {
+    fn carry_out(&mut self, actions: Actions) {
         for outgoing in actions.send {
             self.dispatch(outgoing);
         }
@@ -800,12 +889,11 @@ impl<T: Transport, S: Storage> Driver<T, S> {
         if actions.persist.is_deferrable() {
             self.deferred.merge(actions.persist);
             if self.deferred.ops().len() >= DEFERRED_OPS_MAX {
-                self.flush_deferred().await?;
+                self.flush_deferred();
             }
         } else {
-            let mut batch = std::mem::take(&mut self.deferred);
-            batch.merge(actions.persist);
-            self.persist(batch).await?;
+            self.flush_deferred();
+            self.queued.merge(actions.persist);
         }
         if self.options.auto_compact_slots.is_some() || self.options.auto_compact_commands.is_some() {
             let learner = self.replica.learner();
@@ -822,28 +910,14 @@ impl<T: Transport, S: Storage> Driver<T, S> {
                 let _ = self.replica.compact(applied, Vec::new());
             }
         }
-        Ok(())
     }
 
-    /// Makes `batch` durable, then sends the messages that waited on it.
-    async fn persist(&mut self, batch: PersistThen) -> Result<(), NodeError> {
-        let released = batch.persist(&self.storage).await.map_err(|error| {
-            tracing::error!(node = self.node_id, %error, "durable write failed; stopping");
-            NodeError::Storage(Box::new(error))
-        })?;
-        for outgoing in released {
-            self.dispatch(outgoing);
+    /// Queues the chosen records held back, if any, for the next write.
+    fn flush_deferred(&mut self) {
+        if !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            self.queued.merge(deferred);
         }
-        Ok(())
-    }
-
-    /// Writes the chosen records held back, if any.
-    async fn flush_deferred(&mut self) -> Result<(), NodeError> {
-        if self.deferred.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.deferred);
-        self.persist(batch).await
     }
 
     /// Proposes again the commands this node still waits for: all of them when

@@ -415,3 +415,104 @@ async fn a_cluster_that_crashes_at_once_serves_every_acknowledged_command_after_
         handle.shutdown();
     }
 }
+
+/// Memory storage with a gate: while it is closed, every append waits (at most
+/// about 20 s) until it opens, and is counted as held.
+#[derive(Clone, Default)]
+struct GatedStorage {
+    inner: MemoryStorage,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedStorage {
+    fn set_closed(&self, closed: bool) {
+        self.closed.store(closed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl paxos_core::Storage for GatedStorage {
+    type Error = <MemoryStorage as paxos_core::Storage>::Error;
+
+    async fn append(&self, ops: &[paxos_core::StorageOp]) -> Result<(), Self::Error> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for _ in 0..20_000 {
+                if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                futures_timer::Delay::new(Duration::from_millis(1)).await;
+            }
+        }
+        self.inner.append(ops).await
+    }
+
+    async fn load(&self) -> Result<paxos_core::DurableState, Self::Error> {
+        self.inner.load().await
+    }
+}
+
+/// While a follower's disk holds a write, its driver goes on answering (the write
+/// is in flight, not in the way), and the accept waiting on that write does not
+/// leave: with both followers' writes held, the leader cannot count a majority,
+/// so nothing new is chosen until the disks let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_blocks_its_vote_but_not_the_driver() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<GatedStorage> = (0..3).map(|_| GatedStorage::default()).collect();
+    let mut handles = Vec::new();
+    for id in [1u64, 2, 3] {
+        let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
+        config.election_timeout_ticks = 10;
+        let storage = storages[(id - 1) as usize].clone();
+        let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
+        tokio::spawn(async move { driver.await.expect("driver failed") });
+        handles.push(handle);
+    }
+    add(&handles, 0, Command::new(1, 0, b"before".to_vec())).await;
+    let leader = handles[0].status().await.unwrap().leader.expect("a leader after a chosen command");
+    let leader = (leader - 1) as usize;
+    let followers: Vec<usize> = (0..3).filter(|position| *position != leader).collect();
+    for follower in &followers {
+        assert!(applied_at_least(&handles[*follower], 1).await, "follower {follower} never applied the first command");
+        storages[*follower].set_closed(true);
+    }
+    let applied_before = handles[leader].status().await.unwrap().next_index;
+    let adding = tokio::spawn({
+        let handle = handles[leader].clone();
+        async move { handle.add(Command::new(1, 1, b"held".to_vec())).await }
+    });
+    // Both followers get the accept and try to make it durable.
+    for _ in 0..5000 {
+        if followers.iter().all(|follower| storages[*follower].held() > 0) {
+            break;
+        }
+        futures_timer::Delay::new(Duration::from_millis(2)).await;
+    }
+    for follower in &followers {
+        assert!(storages[*follower].held() > 0, "follower {follower} never wrote the accept");
+        let status = tokio::time::timeout(Duration::from_secs(5), handles[*follower].status()).await;
+        assert!(matches!(status, Ok(Ok(_))), "follower {follower} stopped answering while its write was held");
+    }
+    futures_timer::Delay::new(Duration::from_millis(50)).await;
+    assert_eq!(
+        handles[leader].status().await.unwrap().next_index,
+        applied_before,
+        "a command was chosen with both followers' accepts still on their way to disk"
+    );
+    assert!(!adding.is_finished(), "add answered before a majority made the accept durable");
+    for follower in &followers {
+        storages[*follower].set_closed(false);
+    }
+    let index = adding.await.unwrap().expect("the held command is chosen once the writes finish");
+    assert_eq!(index, applied_before);
+    for handle in &handles {
+        assert!(applied_at_least(handle, applied_before + 1).await);
+        handle.shutdown();
+    }
+}
