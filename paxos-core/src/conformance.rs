@@ -76,6 +76,7 @@ where
             ClientDedup { client: 1, highest: 1, applied: AppliedSequences::Ring(vec![2; 64]) },
             ClientDedup { client: 7, highest: 90, applied: AppliedSequences::Run { older: 40 } },
         ],
+        dedup_window: 256,
         dedup_through: 2,
         duplicates: vec![(2, vec![0])],
         data: b"application state".to_vec(),

@@ -235,15 +235,24 @@ impl ClientWindow {
         }
     }
 
-    /// The window a snapshot's record stands for (see [`ClientWindow::to_snapshot`]).
+    /// The window a snapshot's record stands for (see [`ClientWindow::to_snapshot`]):
+    /// `sender_words` is the ring size of the replica that took the snapshot,
+    /// `words` this learner's. A run of another size becomes a ring of the
+    /// sender's size, as a ring record does, so it means what it meant there.
     /// The record may come from a peer: a run longer than its highest sequence
     /// allows, or than the window, is cut to fit, and a ring whose size is not a
     /// power of two is read as an empty one.
-    fn from_snapshot(highest: u64, applied: &AppliedSequences, words: usize) -> ClientWindow {
+    fn from_snapshot(highest: u64, applied: &AppliedSequences, sender_words: usize, words: usize) -> ClientWindow {
         match applied {
             AppliedSequences::Run { older } => {
-                let count = (u64::from(*older) + 1).min(highest.saturating_add(1));
-                ClientWindow::run(highest, count, words as u64 * 64)
+                let window = sender_words as u64 * 64;
+                let count = (u64::from(*older) + 1).min(highest.saturating_add(1)).min(window);
+                if sender_words == words {
+                    return ClientWindow::run(highest, count, window);
+                }
+                let mut ring = Ring { highest, bits: vec![0; sender_words] };
+                ring.set_run(highest - (count - 1), count);
+                ClientWindow::from_ring(ring, words)
             }
             AppliedSequences::Ring(bits) => {
                 let bits = if bits.len().is_power_of_two() { bits.clone() } else { vec![0; words] };
@@ -501,6 +510,12 @@ impl Learner {
         self.runs.get(after).map_or(self.next_index, |run| run.first_index)
     }
 
+    /// The sequences each client's window covers: `dedup_window` rounded up to a
+    /// power of two of at least 64.
+    pub fn dedup_window(&self) -> u64 {
+        self.window_words as u64 * 64
+    }
+
     /// Every client's deduplication window as of the applied point, for a snapshot.
     pub fn client_windows(&self) -> Vec<ClientDedup> {
         let mut clients: Vec<ClientDedup> = self
@@ -556,8 +571,16 @@ impl Learner {
         self.preset_through = snapshot.dedup_through;
         self.preset = snapshot.duplicates.iter().cloned().collect();
         self.clients.clear();
+        // The sender's window, if the snapshot names a valid one.
+        let named = snapshot.dedup_window;
+        let sender_words = if named.is_power_of_two() && (64..=crate::config::MAX_DEDUP_WINDOW.max(64)).contains(&named)
+        {
+            (named / 64) as usize
+        } else {
+            self.window_words
+        };
         for dedup in &snapshot.clients {
-            let window = ClientWindow::from_snapshot(dedup.highest, &dedup.applied, self.window_words);
+            let window = ClientWindow::from_snapshot(dedup.highest, &dedup.applied, sender_words, self.window_words);
             self.clients.insert(dedup.client, window);
         }
         true
@@ -687,17 +710,48 @@ mod tests {
     #[test]
     fn a_snapshot_record_from_a_peer_is_cut_to_fit() {
         // A run longer than the sequences below its highest one, or than the window.
-        let window = ClientWindow::from_snapshot(5, &AppliedSequences::Run { older: u32::MAX }, 1);
+        let window = ClientWindow::from_snapshot(5, &AppliedSequences::Run { older: u32::MAX }, 1, 1);
         assert_eq!(window, ClientWindow::Run { highest: 5, older: 5 });
-        let window = ClientWindow::from_snapshot(1000, &AppliedSequences::Run { older: u32::MAX }, 1);
+        let window = ClientWindow::from_snapshot(1000, &AppliedSequences::Run { older: u32::MAX }, 1, 1);
         assert_eq!(window, ClientWindow::Run { highest: 1000, older: 63 });
-        let window = ClientWindow::from_snapshot(u64::MAX, &AppliedSequences::Run { older: 3 }, 1);
+        let window = ClientWindow::from_snapshot(u64::MAX, &AppliedSequences::Run { older: 3 }, 1, 1);
         assert_eq!(window, ClientWindow::Run { highest: u64::MAX, older: 3 });
         // A ring whose size is not a power of two is read as nothing applied.
-        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(vec![u64::MAX; 3]), 1);
+        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(vec![u64::MAX; 3]), 1, 1);
         assert!(window.first_application(9, 1), "nothing applied");
-        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(Vec::new()), 1);
+        let mut window = ClientWindow::from_snapshot(9, &AppliedSequences::Ring(Vec::new()), 1, 1);
         assert!(window.first_application(8, 1), "nothing applied");
+    }
+
+    /// A run from a replica with a smaller window keeps that window's meaning: a
+    /// sequence older than the sender remembered counts as applied, as it would
+    /// have there, where this learner's own window would call it fresh.
+    #[test]
+    fn a_run_from_a_smaller_window_is_read_at_its_sender_s_size() {
+        let mut sender = Learner::new(64);
+        let mut slot = 0;
+        for sequence in 0..1000u64 {
+            slot += 1;
+            sender.learn(slot, commands(&[(1, sequence)]));
+        }
+        let acceptor = Acceptor::default();
+        let mut decided = Vec::new();
+        sender.apply_ready(&acceptor, &mut decided);
+        let snapshot = crate::storage::Snapshot {
+            through_slot: slot,
+            next_index: sender.next_index(),
+            clients: sender.client_windows(),
+            dedup_window: sender.dedup_window(),
+            dedup_through: slot,
+            ..crate::storage::Snapshot::default()
+        };
+        assert_eq!(snapshot.clients[0].applied, AppliedSequences::Run { older: 63 });
+        let mut receiver = Learner::new(256);
+        assert!(receiver.install(&snapshot));
+        receiver.learn(slot + 1, commands(&[(1, 900), (1, 950), (1, 1000)]));
+        decided.clear();
+        receiver.apply_ready(&acceptor, &mut decided);
+        assert_eq!(decided[0].duplicates, vec![0, 1], "900 is past the sender's window, 950 inside its run");
     }
 
     /// One step of a client's sequence numbers, relative to the last one.
@@ -733,7 +787,11 @@ mod tests {
                 );
                 proptest::prop_assert_eq!(&window.to_ring(words), &ring);
                 let (highest, applied) = window.to_snapshot(words);
-                proptest::prop_assert_eq!(&ClientWindow::from_snapshot(highest, &applied, words).to_ring(words), &ring);
+                let reloaded = ClientWindow::from_snapshot(highest, &applied, words, words);
+                proptest::prop_assert_eq!(&reloaded.to_ring(words), &ring);
+                // A learner with a window 4 times as large reads the record as this ring.
+                let wider = ClientWindow::from_snapshot(highest, &applied, words, words * 4);
+                proptest::prop_assert_eq!(&wider.to_ring(words * 4), &ring);
                 if position == reload_at {
                     window = ClientWindow::from_ring(window.to_ring(words), words);
                     proptest::prop_assert_eq!(&window.to_ring(words), &ring);

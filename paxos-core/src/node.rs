@@ -29,9 +29,16 @@ use crate::transport::Transport;
 const DEFERRED_OPS_MAX: usize = 4096;
 
 /// Most ops queued behind the write in flight before the driver stops taking
-/// input and waits for the disk: what keeps a slow disk from letting the queue,
-/// and the messages waiting on it, grow without bound.
+/// input and waits for the disk: with [`QUEUED_MESSAGES_MAX`] and
+/// [`QUEUED_BYTES_MAX`], what keeps a slow disk from letting the queue, and the
+/// messages waiting on it, grow without bound.
 const QUEUED_OPS_MAX: usize = 4096;
+/// Most messages waiting on queued writes (replies to retransmissions add
+/// messages but no ops); see [`QUEUED_OPS_MAX`].
+const QUEUED_MESSAGES_MAX: usize = 4096;
+/// Most bytes of commands in the queued ops, counted as [`op_bytes`] does; see
+/// [`QUEUED_OPS_MAX`]. Well under what one file-storage record may hold.
+const QUEUED_BYTES_MAX: usize = 16 << 20;
 
 /// A write to storage in flight, owning what it writes; it yields the messages
 /// that waited on it.
@@ -242,6 +249,7 @@ impl Node {
             event_watchers: Vec::new(),
             deferred: PersistThen::default(),
             queued: PersistThen::default(),
+            queued_bytes: 0,
         };
         let shared_requests = std::sync::Arc::new(std::sync::Mutex::new(requests.clone()));
         let handle = NodeHandle { node_id, requests, shared_requests, options };
@@ -338,7 +346,9 @@ impl NodeHandle {
     /// Replaces the log through `through_slot` (an applied slot, as given in
     /// [`Entry::slot`]) by a snapshot holding the application's `data`, so storage
     /// and memory stop growing. A replica that later needs those slots receives
-    /// the snapshot (as [`Event::SnapshotInstalled`]) instead.
+    /// the snapshot (as [`Event::SnapshotInstalled`]) instead. `Ok` says the
+    /// snapshot is taken; it reaches storage with the node's next write, and a
+    /// crash before that leaves the log whole, which is as safe.
     pub async fn compact(
         &self,
         through_slot: Slot,
@@ -554,6 +564,23 @@ struct Driver<T, S> {
     /// Writes (and the messages waiting on them) made while another write was in
     /// flight: they go to storage as one write, in order, once that one is done.
     queued: PersistThen,
+    /// Bytes of commands in `queued`, roughly ([`op_bytes`]).
+    queued_bytes: usize,
+}
+
+/// Roughly how many bytes `op` puts in a write: its commands' payloads and ids,
+/// and the snapshot's application data and client windows.
+fn op_bytes(op: &crate::storage::StorageOp) -> usize {
+    use crate::storage::StorageOp;
+    const FIXED: usize = 32;
+    let value_bytes = |value: &crate::message::Value| {
+        value.commands().iter().map(|command| command.payload.len() + FIXED).sum::<usize>()
+    };
+    match op {
+        StorageOp::Accept { value, .. } | StorageOp::Chosen { value: Some(value), .. } => FIXED + value_bytes(value),
+        StorageOp::Compact(snapshot) => FIXED + snapshot.data.len() + snapshot.clients.len() * FIXED,
+        _ => FIXED,
+    }
 }
 
 impl<T: Transport, S: Storage + 'static> Driver<T, S> {
@@ -573,7 +600,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         let transport = self.transport.clone();
         let mut receive = transport.recv().fuse();
         loop {
-            if !writing.is_terminated() && self.queued.ops().len() >= QUEUED_OPS_MAX {
+            if !writing.is_terminated() && self.queue_is_full() {
                 // The disk is behind: take no more input until it catches up.
                 let released = (&mut writing).await;
                 self.written(released)?;
@@ -637,7 +664,12 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
                         writing = self.next_write()?;
                     }
                     if writing.is_terminated() {
-                        break;
+                        // A write that finished at once may have released messages
+                        // that asked for more (chosen records): go round again.
+                        if self.deferred.is_empty() && self.queued.is_empty() {
+                            break;
+                        }
+                        continue;
                     }
                     let released = (&mut writing).await;
                     self.written(released)?;
@@ -647,6 +679,14 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether the writes queued behind the one in flight reached a bound: the
+    /// driver then takes no input until the disk catches up.
+    fn queue_is_full(&self) -> bool {
+        self.queued.ops().len() >= QUEUED_OPS_MAX
+            || self.queued.waiting_messages() >= QUEUED_MESSAGES_MAX
+            || self.queued_bytes >= QUEUED_BYTES_MAX
     }
 
     /// Lets the replica handle the messages it sent itself, and carries out what
@@ -674,6 +714,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
                 return Ok(futures::future::Fuse::terminated());
             }
             let batch = std::mem::take(&mut self.queued);
+            self.queued_bytes = 0;
             let storage = std::sync::Arc::clone(&self.storage);
             let mut write: Write<S::Error> = Box::pin(async move { batch.persist(&*storage).await });
             match (&mut write).now_or_never() {
@@ -893,6 +934,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
         } else {
             self.flush_deferred();
+            self.queued_bytes += actions.persist.ops().iter().map(op_bytes).sum::<usize>();
             self.queued.merge(actions.persist);
         }
         if self.options.auto_compact_slots.is_some() || self.options.auto_compact_commands.is_some() {
@@ -916,6 +958,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
     fn flush_deferred(&mut self) {
         if !self.deferred.is_empty() {
             let deferred = std::mem::take(&mut self.deferred);
+            self.queued_bytes += deferred.ops().iter().map(op_bytes).sum::<usize>();
             self.queued.merge(deferred);
         }
     }

@@ -436,6 +436,7 @@ impl Core {
             through_slot,
             next_index: self.learner.next_index_after(through_slot),
             clients: self.learner.client_windows(),
+            dedup_window: self.learner.dedup_window(),
             dedup_through: applied,
             duplicates: self.learner.duplicates_after(through_slot),
             data,

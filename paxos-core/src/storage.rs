@@ -64,6 +64,12 @@ pub struct Snapshot {
     /// replica that took the snapshot knew it at slot `dedup_through`, so every
     /// replica goes on deduplicating (and numbering) commands identically.
     pub clients: Vec<ClientDedup>,
+    /// The deduplication window, in sequences, of the replica that took the
+    /// snapshot (its [`crate::Config::dedup_window`] rounded up, a power of two):
+    /// what each [`AppliedSequences::Run`] is read against. A replica with another
+    /// window rebuilds each run as a ring of this size, so deduplication goes on
+    /// exactly as the sender's would. 0 when unknown: the reader's own.
+    pub dedup_window: u64,
     /// The slot the client windows were taken at (at least `through_slot`).
     pub dedup_through: Slot,
     /// For slots after `through_slot` up to `dedup_through`, the positions of
