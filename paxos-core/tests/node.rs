@@ -516,3 +516,50 @@ async fn a_held_write_blocks_its_vote_but_not_the_driver() {
         handle.shutdown();
     }
 }
+
+/// A disk that holds its writes makes the driver stop taking input once about
+/// 16 MiB of commands wait behind the write in flight, instead of queueing
+/// without bound; it takes input again, and every command is chosen, once the
+/// disk lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_disk_stops_the_driver_taking_input_once_its_queue_is_full() {
+    let network = MemoryNetwork::new();
+    let storage = GatedStorage::default();
+    let config = Config::new(1, [1], Protocol::Multi);
+    let (handle, driver) = Node::start_with(config, options(), network.join(1), storage.clone()).await.unwrap();
+    tokio::spawn(async move { driver.await.expect("driver failed") });
+    add(std::slice::from_ref(&handle), 0, Command::new(1, 0, b"leader".to_vec())).await;
+    storage.set_closed(true);
+    // The first write goes in flight and is held; the next ones queue behind it.
+    let first = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.add(Command::new(1, 1, vec![1; 1024])).await }
+    });
+    for _ in 0..5000 {
+        if storage.held() > 0 {
+            break;
+        }
+        futures_timer::Delay::new(Duration::from_millis(1)).await;
+    }
+    assert!(storage.held() > 0, "the first write never reached the disk");
+    let mut large = Vec::new();
+    for sequence in 2..22u64 {
+        let handle = handle.clone();
+        large.push(tokio::spawn(async move { handle.add(Command::new(1, sequence, vec![7; 1 << 20])).await }));
+    }
+    // 20 MiB of commands are queued or waiting in the request channel: the
+    // driver no longer answers, since it takes no input.
+    futures_timer::Delay::new(Duration::from_millis(200)).await;
+    let status = tokio::time::timeout(Duration::from_millis(300), handle.status()).await;
+    assert!(status.is_err(), "the driver took input with its write queue full");
+    storage.set_closed(false);
+    assert_eq!(first.await.unwrap().expect("the held command is chosen"), 1);
+    let mut indexes = Vec::new();
+    for add in large {
+        indexes.push(add.await.unwrap().expect("a queued command is chosen"));
+    }
+    indexes.sort_unstable();
+    assert_eq!(indexes, (2..22).collect::<Vec<u64>>());
+    assert!(tokio::time::timeout(Duration::from_secs(5), handle.status()).await.is_ok());
+    handle.shutdown();
+}
