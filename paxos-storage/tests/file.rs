@@ -84,7 +84,7 @@ fn a_second_open_of_one_directory_is_refused_until_the_first_is_dropped() {
 }
 
 #[test]
-fn invalid_options_and_oversized_appends_are_refused_clearly() {
+fn invalid_options_and_oversized_ops_are_refused_and_large_appends_are_split() {
     let dir = tempfile::tempdir().unwrap();
     let error =
         FileStorage::open(dir.path(), FileOptions { appends_per_sync_max: 0, ..FileOptions::default() }).unwrap_err();
@@ -98,6 +98,25 @@ fn invalid_options_and_oversized_appends_are_refused_clearly() {
     // Nothing was written, and the storage still works.
     block_on(storage.append(&[StorageOp::Round(2)])).unwrap();
     assert_eq!(block_on(storage.load()).unwrap().round, 2);
+    // An append of ops that each fit is written whole, even when all of them
+    // together do not fit one record, and none of it is written when one op does not.
+    let mut small: Vec<StorageOp> = (0..40)
+        .map(|slot| StorageOp::Accept { slot: 10 + slot, ballot: Ballot::new(3, 1), value: value(slot, 100) })
+        .collect();
+    let records_before = storage.stats().appends;
+    block_on(storage.append(&small)).unwrap();
+    // About 4.5 KiB of ops against 1 KiB records: at least 5 records.
+    assert!(storage.stats().appends >= records_before + 5, "{:?}", storage.stats());
+    small.push(StorageOp::Accept { slot: 99, ballot: Ballot::new(3, 1), value: value(1, 4096) });
+    assert!(matches!(block_on(storage.append(&small[35..])), Err(FileError::TooLarge { .. })));
+    let mut expected = DurableState::default();
+    expected.apply(&StorageOp::Round(2));
+    small[..40].iter().for_each(|op| expected.apply(op));
+    assert_eq!(block_on(storage.load()).unwrap(), expected);
+    drop(storage);
+    let reopened =
+        FileStorage::open(dir.path(), FileOptions { record_bytes_max: 1024, ..FileOptions::default() }).unwrap();
+    assert_eq!(block_on(reopened.load()).unwrap(), expected, "the parts of the split append are all on disk");
 }
 
 #[test]

@@ -56,7 +56,9 @@ pub struct FileOptions {
     /// Write a checkpoint (and drop the old log) once the records after the last
     /// checkpoint exceed this many bytes, or the checkpoint's own size if larger.
     pub log_bytes_max: u64,
-    /// Most bytes one `append` may encode to; a larger one fails with
+    /// Most bytes of one record. A larger `append` is written as several
+    /// records, in order (a crash may keep a prefix of them, as the `Storage`
+    /// contract allows); a single op larger than this fails with
     /// [`FileError::TooLarge`]. At most `u32::MAX - 1`.
     pub record_bytes_max: u64,
     /// Most appends that share one sync (1 syncs every append on its own).
@@ -170,8 +172,11 @@ pub enum FileError {
         /// The version this build reads.
         expected: u32,
     },
-    /// One append is larger than [`FileOptions::record_bytes_max`]. Nothing was written.
-    #[error("one append encodes to {bytes} bytes, more than FileOptions::record_bytes_max ({max}); split it or raise the limit")]
+    /// One op is larger than [`FileOptions::record_bytes_max`]. Nothing of its
+    /// append was written.
+    #[error(
+        "one op encodes to {bytes} bytes, more than FileOptions::record_bytes_max ({max}) allows; raise the limit"
+    )]
     TooLarge {
         /// The encoded size.
         bytes: u64,
@@ -205,7 +210,8 @@ fn io_error<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io:
 /// Counters of a [`FileStorage`], for tests and monitoring.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileStats {
-    /// Non-empty appends made durable since open.
+    /// Non-empty appends made durable since open; an append split into several
+    /// records (see [`FileOptions::record_bytes_max`]) counts once per record.
     pub appends: u64,
     /// fdatasync calls on the log since open (group commit makes this smaller than `appends`).
     pub syncs: u64,
@@ -448,6 +454,47 @@ impl Drop for FileStorage {
     }
 }
 
+/// Ops for one record, with their encoding.
+type Part = (Vec<StorageOp>, Vec<u8>);
+
+impl FileStorage {
+    fn encode(&self, ops: &[StorageOp]) -> Result<Vec<u8>, FileError> {
+        postcard::to_stdvec(ops).map_err(|error| FileError::Failed {
+            path: self.dir.clone(),
+            source: Arc::new(std::io::Error::other(format!("encoding ops failed: {error}"))),
+        })
+    }
+
+    /// `ops` cut, in order, into parts that each fit one record with their
+    /// encoding; an op too large for a record on its own is refused.
+    fn split(&self, ops: &[StorageOp]) -> Result<Vec<Part>, FileError> {
+        let max = self.options.record_bytes_max;
+        // A record body is the kind byte, the op count (a varint of at most 10
+        // bytes), then each op's encoding.
+        let room = max.saturating_sub(1 + 10);
+        let mut parts = Vec::new();
+        let mut part: Vec<StorageOp> = Vec::new();
+        let mut part_bytes = 0;
+        for op in ops {
+            // A one-op slice encodes as a one-byte count and the op.
+            let bytes = self.encode(std::slice::from_ref(op))?.len() as u64 - 1;
+            if bytes > room {
+                return Err(FileError::TooLarge { bytes: bytes + 2, max });
+            }
+            if !part.is_empty() && part_bytes + bytes > room {
+                let encoded = self.encode(&part)?;
+                parts.push((std::mem::take(&mut part), encoded));
+                part_bytes = 0;
+            }
+            part.push(op.clone());
+            part_bytes += bytes;
+        }
+        let encoded = self.encode(&part)?;
+        parts.push((part, encoded));
+        Ok(parts)
+    }
+}
+
 #[async_trait]
 impl Storage for FileStorage {
     type Error = FileError;
@@ -459,22 +506,28 @@ impl Storage for FileStorage {
         if ops.is_empty() {
             return Ok(());
         }
-        let encoded = postcard::to_stdvec(ops).map_err(|error| FileError::Failed {
-            path: self.dir.clone(),
-            source: Arc::new(std::io::Error::other(format!("encoding ops failed: {error}"))),
-        })?;
-        // One byte of the record body is its kind.
-        let bytes = encoded.len() as u64 + 1;
-        if bytes > self.options.record_bytes_max {
-            return Err(FileError::TooLarge { bytes, max: self.options.record_bytes_max });
-        }
-        let (reply, answer) = oneshot::channel();
-        // Each sender has one guaranteed slot, so the queue holds at most
-        // `queued_appends_max` plus one append per task currently waiting here.
+        let encoded = self.encode(ops)?;
+        // One byte of the record body is its kind; the encoding must fit beside it.
+        let parts = if (encoded.len() as u64) < self.options.record_bytes_max {
+            vec![(ops.to_vec(), encoded)]
+        } else {
+            self.split(ops)?
+        };
         let mut sender = self.sender.clone().ok_or(FileError::WriterStopped)?;
-        let request = Request { ops: ops.to_vec(), encoded, reply };
-        sender.send(request).await.map_err(|_| FileError::WriterStopped)?;
-        answer.await.map_err(|_| FileError::WriterStopped)?
+        let mut answers = Vec::with_capacity(parts.len());
+        for (ops, encoded) in parts {
+            let (reply, answer) = oneshot::channel();
+            // Each sender has one guaranteed slot, so the queue holds at most
+            // `queued_appends_max` plus one append per task currently waiting here.
+            sender.send(Request { ops, encoded, reply }).await.map_err(|_| FileError::WriterStopped)?;
+            answers.push(answer);
+        }
+        // The writer serves one sender's requests in order, and a failed write fails
+        // every later one: the parts that became durable are a prefix.
+        for answer in answers {
+            answer.await.map_err(|_| FileError::WriterStopped)??;
+        }
+        Ok(())
     }
 
     async fn load(&self) -> Result<DurableState, FileError> {
