@@ -573,8 +573,7 @@ impl Learner {
         self.clients.clear();
         // The sender's window, if the snapshot names a valid one.
         let named = snapshot.dedup_window;
-        let sender_words = if named.is_power_of_two() && (64..=crate::config::MAX_DEDUP_WINDOW.max(64)).contains(&named)
-        {
+        let sender_words = if named.is_power_of_two() && (64..=crate::config::MAX_DEDUP_WINDOW).contains(&named) {
             (named / 64) as usize
         } else {
             self.window_words
