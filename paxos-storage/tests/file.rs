@@ -119,6 +119,28 @@ fn invalid_options_and_oversized_ops_are_refused_and_large_appends_are_split() {
     assert_eq!(block_on(reopened.load()).unwrap(), expected, "the parts of the split append are all on disk");
 }
 
+/// Whether an op fits a record does not depend on what it is appended with:
+/// for every size around `record_bytes_max`, an op goes in alone exactly when it
+/// goes in after another op (split into a record of its own).
+#[test]
+fn an_op_that_fits_a_record_alone_also_fits_beside_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage =
+        FileStorage::open(dir.path(), FileOptions { record_bytes_max: 1024, ..FileOptions::default() }).unwrap();
+    let (mut fitted, mut refused) = (0, 0);
+    for bytes in 960..1030 {
+        let op = StorageOp::Accept { slot: bytes as u64, ballot: Ballot::new(1, 1), value: value(7, bytes) };
+        let alone = block_on(storage.append(std::slice::from_ref(&op)));
+        let beside = block_on(storage.append(&[StorageOp::Round(bytes as u64), op]));
+        match (alone, beside) {
+            (Ok(()), Ok(())) => fitted += 1,
+            (Err(FileError::TooLarge { .. }), Err(FileError::TooLarge { .. })) => refused += 1,
+            (alone, beside) => panic!("payload of {bytes} bytes: alone {alone:?}, beside another op {beside:?}"),
+        }
+    }
+    assert!(fitted > 0 && refused > 0, "the sizes straddle the limit: {fitted} fitted, {refused} refused");
+}
+
 #[test]
 fn concurrent_appends_share_syncs() {
     let dir = tempfile::tempdir().unwrap();

@@ -469,19 +469,19 @@ impl FileStorage {
     /// encoding; an op too large for a record on its own is refused.
     fn split(&self, ops: &[StorageOp]) -> Result<Vec<Part>, FileError> {
         let max = self.options.record_bytes_max;
-        // A record body is the kind byte, the op count (a varint of at most 10
-        // bytes), then each op's encoding.
-        let room = max.saturating_sub(1 + 10);
+        // A record body is the kind byte, the op count (a varint), then each op's
+        // encoding; `body` gives its size for `count` ops of `bytes` in all.
+        let body = |count: u64, bytes: u64| 1 + varint_len(count) + bytes;
         let mut parts = Vec::new();
         let mut part: Vec<StorageOp> = Vec::new();
         let mut part_bytes = 0;
         for op in ops {
             // A one-op slice encodes as a one-byte count and the op.
             let bytes = self.encode(std::slice::from_ref(op))?.len() as u64 - 1;
-            if bytes > room {
-                return Err(FileError::TooLarge { bytes: bytes + 2, max });
+            if body(1, bytes) > max {
+                return Err(FileError::TooLarge { bytes: body(1, bytes), max });
             }
-            if !part.is_empty() && part_bytes + bytes > room {
+            if !part.is_empty() && body(part.len() as u64 + 1, part_bytes + bytes) > max {
                 let encoded = self.encode(&part)?;
                 parts.push((std::mem::take(&mut part), encoded));
                 part_bytes = 0;
@@ -493,6 +493,11 @@ impl FileStorage {
         parts.push((part, encoded));
         Ok(parts)
     }
+}
+
+/// Bytes postcard's varint takes for `value`: seven bits a byte.
+fn varint_len(value: u64) -> u64 {
+    u64::from((64 - value.leading_zeros()).max(1).div_ceil(7))
 }
 
 #[async_trait]
@@ -542,6 +547,13 @@ impl Storage for FileStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varint_len_matches_postcard() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(varint_len(value), postcard::to_stdvec(&value).unwrap().len() as u64, "{value}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {
