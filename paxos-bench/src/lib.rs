@@ -62,10 +62,10 @@ pub use spec::{ProtocolKind, Record, Spec, SpecError, StorageKind, TransportKind
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The protocol-alone loop failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Loop(#[from] protocol_loop::LoopError),
     /// The node run failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Node(#[from] node_run::NodeRunError),
 }
 

@@ -43,13 +43,13 @@ pub enum NodeRunError {
     #[error("could not set up the cluster: {0}")]
     Setup(String),
     /// A node refused a command or stopped.
-    #[error("a client's command failed: {0}")]
+    #[error("a client's command failed")]
     Node(#[from] NodeError),
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     /// The replicas' logs do not agree; the figures are void.
-    #[error("the replicas' logs disagree, so no figure is reported: {0}")]
+    #[error("the replicas' logs disagree, so no figure is reported")]
     Agreement(#[from] AgreementError),
 }
 

@@ -323,7 +323,7 @@ pub enum OmniLoopError {
         trimmed: usize,
     },
     /// The servers' logs do not agree; the figures are void.
-    #[error("the OmniPaxos servers' logs disagree, so no figure is reported: {0}")]
+    #[error("the OmniPaxos servers' logs disagree, so no figure is reported")]
     Agreement(#[from] AgreementError),
 }
 

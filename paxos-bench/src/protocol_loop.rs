@@ -129,13 +129,13 @@ pub enum LoopError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// The replica configuration is invalid.
-    #[error("invalid replica configuration: {0}")]
+    #[error("invalid replica configuration")]
     Config(#[from] ConfigError),
     /// No Multi-Paxos leader emerged.
     #[error("no leader elected within {ELECTION_TICKS_MAX} ticks")]
     NoLeader,
     /// The proposing replica refused commands.
-    #[error("the proposer refused commands: {0}")]
+    #[error("the proposer refused commands")]
     Propose(#[from] ProposeError),
     /// Nothing moved for too long.
     #[error("no progress: {outstanding} commands outstanding after {what}")]
@@ -146,7 +146,7 @@ pub enum LoopError {
         what: &'static str,
     },
     /// The replicas' logs do not agree; the figures are void.
-    #[error("the replicas' logs disagree, so no figure is reported: {0}")]
+    #[error("the replicas' logs disagree, so no figure is reported")]
     Agreement(#[from] AgreementError),
 }
 

@@ -59,6 +59,12 @@ pub struct Config {
     pub pending_commands_max: usize,
     /// Most chosen values in one catch-up message.
     pub catch_up_slots_max: usize,
+    /// Most bytes of values in one accept, catch-up or forward message (counted
+    /// as an upper bound of their encoding). A single larger value or command
+    /// still goes, alone. Keep it well under the transport's largest frame
+    /// (`frame_bytes_max`, 16 MiB by default): a message above that is dropped,
+    /// and one resent whole would be dropped again.
+    pub message_bytes_max: usize,
     /// How many recent sequence numbers per client are remembered for deduplication
     /// (rounded up to a power of two, at least 64). A client should not have more
     /// commands in flight than this; one older than the window counts as applied.
@@ -110,6 +116,7 @@ impl Config {
             accept_slots_per_message_max: 64,
             pending_commands_max: 1 << 20,
             catch_up_slots_max: 256,
+            message_bytes_max: 4 << 20,
             dedup_window: 256,
             backoff_ticks_max: 8,
         }
@@ -128,7 +135,7 @@ impl Config {
         if !self.members.contains(&self.node_id) {
             return Err(ConfigError::NotAMember(self.node_id));
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("election_timeout_ticks", self.election_timeout_ticks),
             ("heartbeat_ticks", self.heartbeat_ticks),
             ("retransmit_ticks", self.retransmit_ticks),
@@ -138,6 +145,7 @@ impl Config {
             ("accept_slots_per_message_max", self.accept_slots_per_message_max as u64),
             ("pending_commands_max", self.pending_commands_max as u64),
             ("catch_up_slots_max", self.catch_up_slots_max as u64),
+            ("message_bytes_max", self.message_bytes_max as u64),
             ("dedup_window", self.dedup_window),
         ];
         for (name, value) in positive {

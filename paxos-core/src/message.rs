@@ -81,6 +81,38 @@ impl Value {
     pub fn payload_bytes(&self) -> usize {
         self.commands().iter().map(|command| command.payload.len()).sum()
     }
+
+    /// At least the bytes this value takes in an encoded message: its variant and
+    /// length (at most 16), then each command's [`Command::encoded_bytes_bound`].
+    pub fn encoded_bytes_bound(&self) -> usize {
+        16 + self.commands().iter().map(Command::encoded_bytes_bound).sum::<usize>()
+    }
+}
+
+impl Command {
+    /// At least the bytes this command takes in an encoded message: its payload,
+    /// and at most 30 for the id's two varints and the payload's length.
+    pub fn encoded_bytes_bound(&self) -> usize {
+        30 + self.payload.len()
+    }
+}
+
+/// How many of `items`, from the first, go in one message: at most `count_max`
+/// (at least 1), and no more than `bytes_max` by `bytes`, unless the first alone is
+/// larger (it then goes alone). Zero only for no items.
+pub(crate) fn message_prefix<T>(items: &[T], count_max: usize, bytes_max: usize, bytes: impl Fn(&T) -> usize) -> usize {
+    let limit = items.len().min(count_max.max(1));
+    if limit <= 1 {
+        return limit;
+    }
+    let mut total = 0;
+    for (count, item) in items[..limit].iter().enumerate() {
+        total += bytes(item);
+        if count > 0 && total > bytes_max {
+            return count;
+        }
+    }
+    limit
 }
 
 /// A slot's accepted proposal as reported in a promise: `(slot, ballot, value)`.
@@ -219,4 +251,36 @@ pub struct Outgoing {
     pub to: NodeId,
     /// The message.
     pub message: Message,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_bytes_bounds_are_upper_bounds() {
+        let extreme = Command::new(u64::MAX, u64::MAX, vec![7; 300]);
+        let small = Command::new(1, 1, vec![]);
+        for command in [&extreme, &small] {
+            let encoded = postcard::to_stdvec(command).unwrap().len();
+            assert!(encoded <= command.encoded_bytes_bound(), "{encoded} > {}", command.encoded_bytes_bound());
+        }
+        let values = [Value::Noop, Value::Commands(Arc::from(vec![extreme.clone(), small, extreme]))];
+        for value in &values {
+            let encoded = postcard::to_stdvec(value).unwrap().len();
+            assert!(encoded <= value.encoded_bytes_bound(), "{encoded} > {}", value.encoded_bytes_bound());
+        }
+    }
+
+    #[test]
+    fn message_prefix_keeps_to_both_bounds_and_always_takes_one() {
+        let sizes = [40, 40, 40, 40];
+        let by_size = |size: &usize| *size;
+        assert_eq!(message_prefix(&sizes, 10, 100, by_size), 2);
+        assert_eq!(message_prefix(&sizes, 10, 160, by_size), 4);
+        assert_eq!(message_prefix(&sizes, 3, 1000, by_size), 3);
+        assert_eq!(message_prefix(&[500, 1], 10, 100, by_size), 1, "a large first item goes alone");
+        assert_eq!(message_prefix(&sizes, 0, 0, by_size), 1);
+        assert_eq!(message_prefix::<usize>(&[], 10, 100, by_size), 0);
+    }
 }

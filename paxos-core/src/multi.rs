@@ -16,7 +16,7 @@ use crate::actions::{Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::learner::{AcceptTally, Learner};
-use crate::message::{AcceptedEntry, Command, Message, PrepareScope, Value};
+use crate::message::{message_prefix, AcceptedEntry, Command, Message, PrepareScope, Value};
 use crate::proposer::PromiseTally;
 use crate::replica::{CompactError, Core, ProposeError, Replica, Role, Status};
 use crate::slots::SlotMap;
@@ -221,11 +221,13 @@ impl MultiPaxos {
         let chosen_through = self.core.learner.applied_through();
         leadership.commit_sent = chosen_through;
         let chunk = self.core.config.accept_slots_per_message_max;
+        let bytes_max = self.core.config.message_bytes_max;
         let mut first = first_slot;
         let mut values = values;
         let leader = self.core.id();
         while !values.is_empty() {
-            let rest = values.split_off(chunk.min(values.len()));
+            let take = message_prefix(&values, chunk, bytes_max, Value::encoded_bytes_bound);
+            let rest = values.split_off(take);
             let count = values.len() as u64;
             // The leader's own acceptor takes the accept here rather than through
             // the network: the same write, and its vote leaves only once durable.
@@ -444,9 +446,12 @@ impl MultiPaxos {
             self.core.broadcast_to_peers(message);
         }
         let State::Leader(leadership) = &mut self.state else { return };
-        // Retransmit accepts that a member has not acknowledged in time.
+        // Retransmit accepts that a member has not acknowledged in time, in
+        // messages no larger than a first send's.
         let ballot = leadership.ballot;
-        let mut resend: Vec<(NodeId, Slot, Vec<Value>)> = Vec::new();
+        let slots_max = self.core.config.accept_slots_per_message_max;
+        let bytes_max = self.core.config.message_bytes_max;
+        let mut resend: Vec<(NodeId, Slot, Vec<Value>, usize)> = Vec::new();
         for slot in chosen_through + 1..leadership.next_slot {
             let Some(entry) = leadership.in_flight.get_mut(slot) else { continue };
             if entry.sent_at + self.core.retransmit_after(entry.retransmissions) > ticks {
@@ -456,6 +461,7 @@ impl MultiPaxos {
                 continue;
             };
             let value = value.clone();
+            let value_bytes = value.encoded_bytes_bound();
             entry.sent_at = ticks;
             entry.retransmissions += 1;
             let voters = leadership.votes.voters(slot, ballot);
@@ -463,16 +469,23 @@ impl MultiPaxos {
                 if voters & (1 << position) != 0 {
                     continue;
                 }
-                match resend.iter_mut().rev().find(|(to, _, _)| to == member) {
-                    Some((_, first, values)) if *first + values.len() as u64 == slot => values.push(value.clone()),
-                    _ => resend.push((*member, slot, vec![value.clone()])),
+                match resend.iter_mut().rev().find(|(to, _, _, _)| to == member) {
+                    Some((_, first, values, bytes))
+                        if *first + values.len() as u64 == slot
+                            && values.len() < slots_max
+                            && *bytes + value_bytes <= bytes_max =>
+                    {
+                        values.push(value.clone());
+                        *bytes += value_bytes;
+                    }
+                    _ => resend.push((*member, slot, vec![value.clone()], value_bytes)),
                 }
             }
         }
         if !resend.is_empty() {
             tracing::debug!(node = self.core.id(), messages = resend.len(), "retransmitting accepts");
         }
-        for (to, first_slot, values) in resend {
+        for (to, first_slot, values, _) in resend {
             self.core.actions.send(to, Message::Accept { ballot, first_slot, values, chosen_through });
         }
     }
@@ -524,8 +537,13 @@ impl Replica for MultiPaxos {
             }
             State::Follower => match self.leader {
                 Some(leader) if leader != self.core.id() => {
-                    let commands = std::mem::take(commands);
-                    self.core.actions.send(leader, Message::Forward { commands });
+                    let bytes_max = self.core.config.message_bytes_max;
+                    while !commands.is_empty() {
+                        let take = message_prefix(commands, usize::MAX, bytes_max, Command::encoded_bytes_bound);
+                        let rest = commands.split_off(take);
+                        let forwarded = std::mem::replace(commands, rest);
+                        self.core.actions.send(leader, Message::Forward { commands: forwarded });
+                    }
                     Ok(())
                 }
                 _ => Err(ProposeError::NotLeader { leader_hint: None }),
@@ -952,5 +970,77 @@ mod tests {
         assert_eq!(accepted_batches(&mut leader), vec![vec![8, 9], vec![10, 11]]);
         leader.on_message(2, Message::Accepted { ballot, first_slot: 5, count: 1 });
         assert_eq!(accepted_batches(&mut leader), vec![vec![12]]);
+    }
+
+    /// Every message `actions` send, at once or once written.
+    fn all_sent(actions: Actions) -> Vec<Outgoing> {
+        let (_, mut sent, released) = persist(actions);
+        sent.extend(released);
+        sent
+    }
+
+    /// Accepts (first sends and resends), catch-ups and forwards of large commands
+    /// are cut so each encodes to about `message_bytes_max` at most: a transport
+    /// drops a frame above its limit, and would drop the same resend every time.
+    #[test]
+    fn messages_that_carry_values_keep_to_message_bytes_max() {
+        const LIMIT: usize = 4096;
+        let fits = |outgoing: &Outgoing| {
+            let bytes = crate::wire::encode(1, &outgoing.message).len();
+            assert!(bytes <= LIMIT + 64, "a {} of {bytes} bytes", outgoing.message.kind());
+        };
+        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
+        config.batch_bytes_max = 1024;
+        config.message_bytes_max = LIMIT;
+        let (mut leader, ballot) = elected(config.clone());
+        let commands: Vec<Command> = (1..=16).map(|sequence| Command::new(9, sequence, vec![7; 1000])).collect();
+        leader.propose(commands.clone()).unwrap();
+        let accepts: Vec<Outgoing> = all_sent(leader.take_actions()).into_iter().filter(|sent| sent.to == 2).collect();
+        accepts.iter().for_each(fits);
+        let slots: usize = accepts
+            .iter()
+            .map(|sent| match &sent.message {
+                Message::Accept { values, .. } => values.len(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .sum();
+        assert_eq!(slots, 16, "one command a slot, every slot sent");
+        assert!(accepts.len() >= 6, "at most 3 slots of 1 KiB in 4 KiB: {} accepts", accepts.len());
+
+        // Nobody answered: the resends are cut the same way.
+        for _ in 0..8 * config.retransmit_ticks {
+            leader.tick();
+        }
+        let resent = all_sent(leader.take_actions());
+        assert!(resent.iter().any(|sent| matches!(sent.message, Message::Accept { .. })));
+        resent.iter().for_each(fits);
+
+        // Chosen, the slots go to a lagging peer in several catch-ups.
+        for peer in [2, 3] {
+            leader.on_message(peer, Message::Accepted { ballot, first_slot: 1, count: 16 });
+        }
+        let _ = leader.take_actions();
+        leader.on_message(3, Message::CatchUpRequest { from_slot: 1 });
+        let catch_up = all_sent(leader.take_actions());
+        catch_up.iter().for_each(fits);
+        assert!(
+            matches!(&catch_up[..], [Outgoing { message: Message::CatchUp { values, .. }, .. }] if values.len() == 3)
+        );
+
+        // A follower forwards them to the leader in parts.
+        let mut follower = MultiPaxos::new(Config { node_id: 2, ..config }, &DurableState::default()).unwrap();
+        follower.on_message(1, Message::Commit { ballot, chosen_through: 0 });
+        let _ = follower.take_actions();
+        follower.propose(commands).unwrap();
+        let forwards = all_sent(follower.take_actions());
+        forwards.iter().for_each(fits);
+        let forwarded: usize = forwards
+            .iter()
+            .map(|sent| match &sent.message {
+                Message::Forward { commands } => commands.len(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .sum();
+        assert_eq!((forwarded, forwards.len() >= 4), (16, true));
     }
 }

@@ -8,7 +8,7 @@ use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
-use crate::message::{Command, Message, PrepareScope, Value};
+use crate::message::{message_prefix, Command, Message, PrepareScope, Value};
 use crate::rng::Rng;
 use crate::storage::{DurableState, Snapshot, StorageOp};
 
@@ -403,7 +403,8 @@ impl Core {
                 return;
             }
         }
-        let values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max, &self.acceptor);
+        let mut values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max, &self.acceptor);
+        values.truncate(message_prefix(&values, usize::MAX, self.config.message_bytes_max, Value::encoded_bytes_bound));
         if !values.is_empty() {
             self.actions.send(from, Message::CatchUp { first_slot: from_slot.max(1), values });
         }

@@ -269,7 +269,9 @@ async fn pump(
                     shared.counters.messages_oversized.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         node = config.node_id,
-                        "dropped a message larger than frame_bytes_max ({})", config.frame_bytes_max
+                        kind = message.kind(),
+                        "dropped a message larger than frame_bytes_max ({})",
+                        config.frame_bytes_max
                     );
                 }
             }

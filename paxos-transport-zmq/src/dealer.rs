@@ -146,7 +146,7 @@ async fn connect_once(shared: &Shared, peer: NodeId, address: SocketAddr, queue:
                     if body.len() > config.frame_bytes_max {
                         Counters::add(&shared.counters.messages_dropped_oversized);
                         if shared.warnings.allow() {
-                            tracing::warn!(peer, bytes = body.len(), limit = config.frame_bytes_max,
+                            tracing::warn!(peer, kind = message.kind(), bytes = body.len(), limit = config.frame_bytes_max,
                                 "dropped a message that encodes larger than frame_bytes_max");
                         }
                         continue;

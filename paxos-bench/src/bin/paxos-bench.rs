@@ -226,6 +226,14 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> Result<()> {
+    // Silent unless asked: `RUST_LOG=warn` shows, say, what a transport dropped
+    // during a run (each run's process inherits the variable).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     let warm_up = Duration::from_millis(cli.warm_up_ms);
     let window = Duration::from_millis(cli.window_ms);
