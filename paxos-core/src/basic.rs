@@ -267,7 +267,7 @@ impl Replica for BasicPaxos {
             Message::Prepare { scope: PrepareScope::From(_), .. } => {
                 tracing::warn!(node = self.core.id(), from, "log-wide prepare in a Basic Paxos cluster ignored");
             }
-            Message::Promise { ballot, scope: PrepareScope::Slot(slot), accepted, chosen_through } => {
+            Message::Promise { ballot, scope: PrepareScope::Slot(slot), accepted, chosen_through, .. } => {
                 self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
                 self.on_promise(from, ballot, slot, accepted)
             }
@@ -501,8 +501,12 @@ mod tests {
         let Message::Prepare { ballot, scope } = released[0].message.clone() else { panic!("a prepare") };
         let theirs = Value::Commands(Arc::from(vec![Command::new(2, 1, b"theirs".to_vec())]));
         let reported = vec![AcceptedEntry { slot: 1, ballot: Ballot::new(0, 2), value: theirs.clone() }];
-        proposer.on_message(2, Message::Promise { ballot, scope, accepted: reported, chosen_through: 0 });
-        proposer.on_message(3, Message::Promise { ballot, scope, accepted: vec![], chosen_through: 0 });
+        proposer.on_message(
+            2,
+            Message::Promise { ballot, scope, accepted: reported, chosen_through: 0, continues_at: None },
+        );
+        proposer
+            .on_message(3, Message::Promise { ballot, scope, accepted: vec![], chosen_through: 0, continues_at: None });
         let actions = proposer.take_actions();
         let accept = actions.send.iter().find(|o| o.to == 2).map(|o| o.message.clone());
         assert_eq!(

@@ -151,10 +151,14 @@ pub enum Message {
         ballot: Ballot,
         /// Slots covered; equal to the prepare's.
         scope: PrepareScope,
-        /// Accepted proposals in scope.
+        /// Accepted proposals in scope, in slot order.
         accepted: Vec<AcceptedEntry>,
         /// The highest slot below which the promiser knows every slot chosen.
         chosen_through: Slot,
+        /// `Some(slot)`: the report stops short of `slot`, to keep the message
+        /// within `message_bytes_max`; the promise holds all the same, and a
+        /// prepare at the same ballot from `slot` gets the rest. `None`: complete.
+        continues_at: Option<Slot>,
     },
     /// Phase 2a: "accept these values at consecutive slots starting at `first_slot`".
     Accept {

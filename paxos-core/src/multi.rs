@@ -44,7 +44,15 @@ struct Leadership {
 #[derive(Debug)]
 enum State {
     Follower,
-    Candidate { tally: PromiseTally, from_slot: Slot, sent_at: u64 },
+    Candidate {
+        tally: PromiseTally,
+        from_slot: Slot,
+        sent_at: u64,
+        /// Per member position: where the next part of its promise starts, once
+        /// a part said it continues (a long report comes in parts; see
+        /// [`Message::Promise`]).
+        parts_from: Vec<Option<Slot>>,
+    },
     Leader(Box<Leadership>),
 }
 
@@ -149,21 +157,58 @@ impl MultiPaxos {
             self.step_down(ballot);
         }
         self.set_leader(None, ballot);
-        self.state = State::Candidate { tally: PromiseTally::new(ballot), from_slot, sent_at: self.core.ticks };
+        let parts_from = vec![None; self.core.config.members.len()];
+        self.state =
+            State::Candidate { tally: PromiseTally::new(ballot), from_slot, sent_at: self.core.ticks, parts_from };
         self.reset_election_timer();
         // The prepare carries a freshly reserved round: it leaves after the reservation is durable.
         self.core.broadcast_after_persist(&Message::Prepare { ballot, scope: PrepareScope::From(from_slot) });
     }
 
-    fn on_promise(&mut self, from: NodeId, ballot: Ballot, accepted: Vec<AcceptedEntry>, chosen_through: Slot) {
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        scope: PrepareScope,
+        accepted: Vec<AcceptedEntry>,
+        chosen_through: Slot,
+        continues_at: Option<Slot>,
+    ) {
         self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
         let Some(voter) = self.core.bit(from) else { return };
-        let State::Candidate { tally, .. } = &mut self.state else { return };
+        let State::Candidate { tally, from_slot, parts_from, .. } = &mut self.state else { return };
         if tally.ballot() != ballot {
             return;
         }
-        if tally.on_promise(voter, accepted) >= self.core.quorum {
-            self.become_leader();
+        // Each part answers the prepare for where the previous one stopped; a
+        // copy of an earlier part, or an answer to an older prepare, adds nothing.
+        let position = voter.trailing_zeros() as usize;
+        let expected = parts_from[position].unwrap_or(*from_slot);
+        if scope != PrepareScope::From(expected) {
+            return;
+        }
+        match continues_at {
+            None => {
+                if tally.on_promise(voter, accepted) >= self.core.quorum {
+                    self.become_leader();
+                }
+            }
+            Some(next) if next > expected => {
+                if tally.add_part(voter, accepted) {
+                    parts_from[position] = Some(next);
+                    // The promise is already durable there: this asks for a report only.
+                    self.core.actions.send(from, Message::Prepare { ballot, scope: PrepareScope::From(next) });
+                }
+            }
+            Some(next) => {
+                tracing::warn!(
+                    node = self.core.id(),
+                    from,
+                    next,
+                    expected,
+                    "a promise part that does not move on; ignored"
+                );
+            }
         }
     }
 
@@ -569,8 +614,8 @@ impl Replica for MultiPaxos {
                     }
                 }
             }
-            Message::Promise { ballot, accepted, chosen_through, .. } => {
-                self.on_promise(from, ballot, accepted, chosen_through)
+            Message::Promise { ballot, scope, accepted, chosen_through, continues_at } => {
+                self.on_promise(from, ballot, scope, accepted, chosen_through, continues_at)
             }
             Message::Accept { ballot, first_slot, values, chosen_through } => {
                 self.on_accept(from, ballot, first_slot, values, chosen_through)
@@ -604,17 +649,25 @@ impl Replica for MultiPaxos {
         self.core.ticks += 1;
         match &self.state {
             State::Leader(_) => self.leader_tick(),
-            State::Candidate { tally, from_slot, sent_at } => {
+            State::Candidate { sent_at, .. } => {
                 self.ticks_since_heard += 1;
                 if self.ticks_since_heard >= self.election_timeout {
                     self.start_election();
                 } else if self.core.ticks >= sent_at + self.core.config.retransmit_ticks {
-                    let message = Message::Prepare { ballot: tally.ballot(), scope: PrepareScope::From(*from_slot) };
-                    if let State::Candidate { sent_at, .. } = &mut self.state {
-                        *sent_at = self.core.ticks;
+                    let ticks = self.core.ticks;
+                    let members = &self.core.config.members;
+                    let State::Candidate { tally, from_slot, sent_at, parts_from } = &mut self.state else {
+                        unreachable!("matched above")
+                    };
+                    *sent_at = ticks;
+                    let ballot = tally.ballot();
+                    // Ask every member again, each from where its report stands;
+                    // like the first copy, a prepare may not overtake the write
+                    // reserving its round.
+                    for (position, member) in members.iter().enumerate() {
+                        let scope = PrepareScope::From(parts_from[position].unwrap_or(*from_slot));
+                        self.core.actions.persist.push_message(*member, Message::Prepare { ballot, scope });
                     }
-                    // Like the first copy, it may not overtake the write reserving its round.
-                    self.core.broadcast_after_persist(&message);
                 }
             }
             State::Follower => {
@@ -837,11 +890,23 @@ mod tests {
         let reported = vec![AcceptedEntry { slot: 3, ballot: Ballot::new(0, 2), value: value("kept") }];
         candidate.on_message(
             2,
-            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: reported, chosen_through: 0 },
+            Message::Promise {
+                ballot,
+                scope: PrepareScope::From(1),
+                accepted: reported,
+                chosen_through: 0,
+                continues_at: None,
+            },
         );
         candidate.on_message(
             3,
-            Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 },
+            Message::Promise {
+                ballot,
+                scope: PrepareScope::From(1),
+                accepted: vec![],
+                chosen_through: 0,
+                continues_at: None,
+            },
         );
         assert_eq!(candidate.status().role, Role::Leader);
         let actions = candidate.take_actions();
@@ -905,8 +970,13 @@ mod tests {
         let _ = leader.take_actions();
         let ballot = leader.own_ballot().unwrap();
         for peer in [2, 3] {
-            let promise =
-                Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+            let promise = Message::Promise {
+                ballot,
+                scope: PrepareScope::From(1),
+                accepted: vec![],
+                chosen_through: 0,
+                continues_at: None,
+            };
             leader.on_message(peer, promise);
         }
         assert_eq!(leader.status().role, Role::Leader);
@@ -1042,5 +1112,83 @@ mod tests {
             })
             .sum();
         assert_eq!((forwarded, forwards.len() >= 4), (16, true));
+    }
+
+    /// A promise too long for one message comes in parts, each within
+    /// `message_bytes_max`; the candidate asks for each next part, ignores copies
+    /// of earlier ones, counts the promiser only with the last, and re-proposes
+    /// what every part reported (seed 004).
+    #[test]
+    fn a_long_promise_comes_in_parts_and_the_candidate_adopts_from_every_part() {
+        const LIMIT: usize = 4096;
+        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
+        config.batch_bytes_max = 1024;
+        config.message_bytes_max = LIMIT;
+        let old = Ballot::new(1, 1);
+        let values: Vec<Value> = (1..=10)
+            .map(|sequence| Value::Commands(Arc::from(vec![Command::new(9, sequence, vec![7; 1000])])))
+            .collect();
+        let mut acceptor = MultiPaxos::new(Config { node_id: 2, ..config.clone() }, &DurableState::default()).unwrap();
+        acceptor
+            .on_message(1, Message::Accept { ballot: old, first_slot: 1, values: values.clone(), chosen_through: 0 });
+        let _ = acceptor.take_actions();
+
+        let mut candidate = MultiPaxos::new(Config { node_id: 3, ..config }, &DurableState::default()).unwrap();
+        while candidate.own_ballot().is_none() {
+            candidate.tick();
+        }
+        let _ = candidate.take_actions();
+        let ballot = candidate.own_ballot().unwrap();
+        let own = Message::Promise {
+            ballot,
+            scope: PrepareScope::From(1),
+            accepted: vec![],
+            chosen_through: 0,
+            continues_at: None,
+        };
+        candidate.on_message(3, own);
+
+        let mut prepare = Message::Prepare { ballot, scope: PrepareScope::From(1) };
+        let mut reported = Vec::new();
+        let mut parts = Vec::new();
+        let last_sent = loop {
+            acceptor.on_message(3, prepare);
+            let [Outgoing { to: 3, message: promise }] = &all_sent(acceptor.take_actions())[..] else {
+                panic!("one promise to the candidate")
+            };
+            let bytes = crate::wire::encode(2, promise).len();
+            assert!(bytes <= LIMIT + 64, "a promise part of {bytes} bytes");
+            let Message::Promise { accepted, continues_at, .. } = promise else { panic!("{promise:?}") };
+            reported.extend(accepted.iter().map(|entry| entry.slot));
+            parts.push(promise.clone());
+            candidate.on_message(2, promise.clone());
+            let asked = all_sent(candidate.take_actions());
+            if continues_at.is_none() {
+                break asked;
+            }
+            assert_eq!(candidate.status().role, Role::Candidate, "not counted before the last part");
+            // A copy of the first part, late, asks for nothing.
+            candidate.on_message(2, parts[0].clone());
+            assert!(candidate.take_actions().is_empty());
+            let [Outgoing { to: 2, message }] = &asked[..] else { panic!("one prepare for the next part: {asked:?}") };
+            assert_eq!(*message, Message::Prepare { ballot, scope: PrepareScope::From(continues_at.unwrap()) });
+            prepare = message.clone();
+        };
+        assert_eq!(reported, (1..=10).collect::<Vec<Slot>>(), "every slot reported once, in order");
+        assert!(parts.len() >= 4, "about 3 values of 1 KiB a part: {} parts", parts.len());
+        assert_eq!(candidate.status().role, Role::Leader);
+        // Every reported value re-proposed in its slot, to each peer.
+        let ids = |values: &[Value]| -> Vec<CommandId> {
+            values.iter().flat_map(|value| value.commands().iter().map(|command| command.id)).collect()
+        };
+        let mut proposed = Vec::new();
+        for sent in last_sent {
+            if let (2, Message::Accept { first_slot, values, .. }) = (sent.to, sent.message) {
+                assert_eq!(first_slot, proposed.len() as u64 + 1);
+                proposed.extend(values);
+            }
+        }
+        assert_eq!(ids(&proposed), ids(&values));
+        assert!(proposed == values, "the values themselves, not only their ids");
     }
 }

@@ -34,24 +34,35 @@ impl PromiseTally {
     /// impossible from a correct acceptor; it is dropped whole (and logged), never
     /// counted, so a broken peer cannot steer value adoption.
     pub fn on_promise(&mut self, voter: u64, accepted: Vec<AcceptedEntry>) -> usize {
-        if self.voters & voter == 0 {
-            if let Some(bad) = accepted.iter().find(|entry| entry.ballot >= self.ballot) {
-                tracing::error!(ballot = %self.ballot, reported = %bad.ballot, slot = bad.slot, "promise reports a value accepted at or above its ballot; dropped");
-                return self.voters.count_ones() as usize;
-            }
+        if self.add_part(voter, accepted) {
             self.voters |= voter;
-            for entry in accepted {
-                // Paxos Made Simple §2.2 P2c: keep the value of the highest-numbered
-                // accepted proposal reported for each slot.
-                match self.highest.get(&entry.slot) {
-                    Some((ballot, _)) if *ballot >= entry.ballot => {}
-                    _ => {
-                        self.highest.insert(entry.slot, (entry.ballot, entry.value));
-                    }
+        }
+        self.voters.count_ones() as usize
+    }
+
+    /// Records one part of a promise that comes in several (see
+    /// [`Message::Promise`]'s `continues_at`) without counting its promiser, which
+    /// [`PromiseTally::on_promise`] does with the last part. Returns false, having
+    /// recorded nothing, for a promiser already counted or an impossible report.
+    pub fn add_part(&mut self, voter: u64, accepted: Vec<AcceptedEntry>) -> bool {
+        if self.voters & voter != 0 {
+            return false;
+        }
+        if let Some(bad) = accepted.iter().find(|entry| entry.ballot >= self.ballot) {
+            tracing::error!(ballot = %self.ballot, reported = %bad.ballot, slot = bad.slot, "promise reports a value accepted at or above its ballot; dropped");
+            return false;
+        }
+        for entry in accepted {
+            // Paxos Made Simple §2.2 P2c: keep the value of the highest-numbered
+            // accepted proposal reported for each slot.
+            match self.highest.get(&entry.slot) {
+                Some((ballot, _)) if *ballot >= entry.ballot => {}
+                _ => {
+                    self.highest.insert(entry.slot, (entry.ballot, entry.value));
                 }
             }
         }
-        self.voters.count_ones() as usize
+        true
     }
 
     /// Seed 000's rule: the value of the highest-ballot accepted proposal reported

@@ -263,10 +263,18 @@ impl Core {
     pub fn reply_to_prepare(&mut self, from: NodeId, ballot: Ballot, scope: PrepareScope) -> bool {
         self.observe_ballot(ballot);
         match self.acceptor.on_prepare(ballot, scope, self.actions.persist.ops_mut()) {
-            Ok(accepted) => {
+            Ok(mut accepted) => {
                 let chosen_through = self.learner.applied_through();
+                // A long report goes in parts, each within message_bytes_max: one
+                // the transport dropped for its size would be dropped at every resend.
+                let fit = message_prefix(&accepted, usize::MAX, self.config.message_bytes_max, |entry| {
+                    entry.value.encoded_bytes_bound() + 32
+                });
+                let continues_at = accepted.get(fit).map(|entry| entry.slot);
+                accepted.truncate(fit);
                 // Seed 001: the promise leaves only after it is durable.
-                self.actions.persist.push_message(from, Message::Promise { ballot, scope, accepted, chosen_through });
+                let promise = Message::Promise { ballot, scope, accepted, chosen_through, continues_at };
+                self.actions.persist.push_message(from, promise);
                 true
             }
             Err(promised) => {

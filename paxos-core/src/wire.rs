@@ -9,7 +9,7 @@ use crate::ballot::NodeId;
 use crate::message::Message;
 
 /// The format version this build writes and the only one it reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// The largest encoded message accepted by default; transports may lower it.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
@@ -100,6 +100,7 @@ mod tests {
                 value: Value::Commands(Arc::from(vec![Command::new(1, 1, b"foo".to_vec())])),
             }],
             chosen_through: 2,
+            continues_at: Some(9),
         }
     }
 

@@ -40,7 +40,13 @@ fn elected_leader(members: &[NodeId], voters: &[NodeId]) -> (Box<dyn Replica>, B
     let ballot = ballot.expect("stood for election");
     replica.on_message(1, Message::Prepare { ballot, scope: PrepareScope::From(1) });
     for voter in std::iter::once(&1).chain(voters) {
-        let promise = Message::Promise { ballot, scope: PrepareScope::From(1), accepted: vec![], chosen_through: 0 };
+        let promise = Message::Promise {
+            ballot,
+            scope: PrepareScope::From(1),
+            accepted: vec![],
+            chosen_through: 0,
+            continues_at: None,
+        };
         replica.on_message(*voter, promise);
     }
     assert_eq!(replica.status().role, Role::Leader);

@@ -540,6 +540,11 @@ fn run_inner(config: &SimConfig, step: &mut u64) -> Result<Summary, String> {
     let mut cluster = Cluster::with_config(config.replicas, config.protocol, config.seed, |replica| {
         replica.batch_commands_max = 4;
         replica.slots_in_flight_max = 8;
+        // One seed in four, messages of about one value each: long promises,
+        // accepts, catch-ups and forwards then go in parts (see `message_bytes_max`).
+        if config.seed % 4 == 1 {
+            replica.message_bytes_max = 256;
+        }
     });
     cluster.faults = config.faults;
     cluster.storage_faults = config.storage;
