@@ -67,12 +67,22 @@ pub enum RunError {
     /// The node run failed.
     #[error(transparent)]
     Node(#[from] node_run::NodeRunError),
+    /// Not one command was applied in the measured window: zero is no figure.
+    #[error("no command was applied in the {window:?} measured; a longer --window-ms may give one")]
+    NothingApplied {
+        /// The measured window.
+        window: Duration,
+    },
 }
 
 /// Runs `spec` with the driver its transport calls for, and checks agreement.
 pub fn run(spec: &Spec, warm_up: Duration, window: Duration) -> Result<Measurement, RunError> {
-    match spec.transport {
-        TransportKind::Loop => Ok(protocol_loop::run(spec, warm_up, window)?),
-        _ => Ok(node_run::run(spec, warm_up, window)?),
+    let measurement = match spec.transport {
+        TransportKind::Loop => protocol_loop::run(spec, warm_up, window)?,
+        _ => node_run::run(spec, warm_up, window)?,
+    };
+    if measurement.commands == 0 {
+        return Err(RunError::NothingApplied { window });
     }
+    Ok(measurement)
 }

@@ -24,6 +24,10 @@ use crate::check::{check_agreement, AgreementError, AppliedLog, Submitted};
 use crate::measure::Measurement;
 use crate::spec::{ProtocolKind, Spec, SpecError, StorageKind, TransportKind};
 
+/// Most times a client offers the same commands again (after a timeout, a full
+/// queue, or a redirect to the leader) before its run fails.
+pub const RETRIES_MAX: u32 = 16;
+
 /// Most commands one client task keeps in flight (one `add_many`).
 pub const CLIENT_WINDOW_MAX: usize = 64;
 
@@ -312,9 +316,15 @@ impl NodeCluster {
                         };
                         match result {
                             Ok(()) => break,
-                            Err(NodeError::NotLeader { leader_hint: Some(leader) }) if attempts < 16 => {
+                            Err(NodeError::NotLeader { leader_hint: Some(leader) }) if attempts < RETRIES_MAX => {
                                 // Same ids: the retry is applied at most once.
                                 target = (leader - 1) as usize % handles.len();
+                                attempts += 1;
+                            }
+                            Err(NodeError::Timeout | NodeError::Busy) if attempts < RETRIES_MAX => {
+                                // Not chosen in time, or the proposer's queue was
+                                // full: offer the same ids again, as a client should.
+                                tokio::time::sleep(Duration::from_millis(1)).await;
                                 attempts += 1;
                             }
                             Err(error) => return Err(error),

@@ -136,7 +136,7 @@ pub enum SpecError {
         feature: &'static str,
     },
     /// The protocol-alone loop keeps state in memory only.
-    #[error("the loop transport measures the protocol alone with in-memory storage; use --storage memory")]
+    #[error("the loop transport measures the protocol alone with in-memory storage; use --storages memory")]
     LoopNeedsMemory,
 }
 

@@ -137,7 +137,7 @@ fn unavailable_backends_are_refused_with_a_reason() {
         assert!(zmq.validate().unwrap_err().to_string().contains("--features zmq"));
     }
     let loop_file = spec(ProtocolKind::Multi, TransportKind::Loop, StorageKind::File, 1);
-    assert!(loop_file.validate().unwrap_err().to_string().contains("--storage memory"));
+    assert!(loop_file.validate().unwrap_err().to_string().contains("--storages memory"));
     let none = Spec { in_flight: 0, ..spec(ProtocolKind::Multi, TransportKind::Loop, StorageKind::Memory, 1) };
     assert!(none.validate().unwrap_err().to_string().contains("in_flight"));
     assert!(NodeCluster::start(&spec(ProtocolKind::Multi, TransportKind::Loop, StorageKind::Memory, 1)).is_err());

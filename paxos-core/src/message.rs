@@ -230,6 +230,28 @@ pub enum Message {
 }
 
 impl Message {
+    /// At least the bytes the values, commands or snapshot this message carries
+    /// take encoded, plus 64 for the rest: what bounded queues count.
+    pub fn encoded_bytes_bound(&self) -> usize {
+        let carried = match self {
+            Message::Promise { accepted, .. } => {
+                accepted.iter().map(|entry| 32 + entry.value.encoded_bytes_bound()).sum()
+            }
+            Message::Accept { values, .. } | Message::CatchUp { values, .. } => {
+                values.iter().map(Value::encoded_bytes_bound).sum()
+            }
+            Message::Chosen { value, .. } => value.encoded_bytes_bound(),
+            Message::Forward { commands } => commands.iter().map(Command::encoded_bytes_bound).sum(),
+            Message::InstallSnapshot { snapshot } => snapshot.encoded_bytes_bound(),
+            Message::Prepare { .. }
+            | Message::Accepted { .. }
+            | Message::Nack { .. }
+            | Message::Commit { .. }
+            | Message::CatchUpRequest { .. } => 0,
+        };
+        64 + carried
+    }
+
     /// A short name for logs and statistics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -273,6 +295,61 @@ mod tests {
         for value in &values {
             let encoded = postcard::to_stdvec(value).unwrap().len();
             assert!(encoded <= value.encoded_bytes_bound(), "{encoded} > {}", value.encoded_bytes_bound());
+        }
+    }
+
+    #[test]
+    fn a_message_encodes_within_its_bound() {
+        use crate::storage::{AppliedSequences, ClientDedup, Snapshot};
+        let big = Command::new(u64::MAX, u64::MAX, vec![3; 200]);
+        let value = Value::Commands(Arc::from(vec![big.clone(), Command::new(1, 2, vec![])]));
+        let ballot = Ballot::new(u64::MAX, u64::MAX);
+        let client = |applied| ClientDedup { client: u64::MAX, highest: u64::MAX, applied };
+        let snapshot = Snapshot {
+            through_slot: u64::MAX,
+            next_index: u64::MAX,
+            clients: vec![
+                client(AppliedSequences::Run { older: u32::MAX }),
+                client(AppliedSequences::Ring(vec![u64::MAX; 4])),
+            ],
+            dedup_window: 256,
+            dedup_through: u64::MAX,
+            duplicates: vec![(u64::MAX, vec![u32::MAX; 3])],
+            data: vec![1; 100],
+        };
+        let entry = AcceptedEntry { slot: u64::MAX, ballot, value: value.clone() };
+        let messages = [
+            Message::Prepare { ballot, scope: PrepareScope::From(u64::MAX) },
+            Message::Promise {
+                ballot,
+                scope: PrepareScope::Slot(u64::MAX),
+                accepted: vec![entry.clone(), entry],
+                chosen_through: u64::MAX,
+                continues_at: Some(u64::MAX),
+            },
+            Message::Accept {
+                ballot,
+                first_slot: u64::MAX,
+                values: vec![value.clone(), Value::Noop],
+                chosen_through: 1,
+            },
+            Message::Accepted { ballot, first_slot: u64::MAX, count: u64::MAX },
+            Message::Nack { ballot, slot: u64::MAX, promised: ballot },
+            Message::Commit { ballot, chosen_through: u64::MAX },
+            Message::Chosen { slot: u64::MAX, value: value.clone() },
+            Message::CatchUpRequest { from_slot: u64::MAX },
+            Message::CatchUp { first_slot: u64::MAX, values: vec![value.clone(), value] },
+            Message::InstallSnapshot { snapshot: Box::new(snapshot) },
+            Message::Forward { commands: vec![big.clone(), big] },
+        ];
+        for message in &messages {
+            let encoded = crate::wire::encode(u64::MAX, message).len();
+            assert!(
+                encoded <= message.encoded_bytes_bound(),
+                "{}: {encoded} > {}",
+                message.kind(),
+                message.encoded_bytes_bound()
+            );
         }
     }
 

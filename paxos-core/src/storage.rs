@@ -79,6 +79,26 @@ pub struct Snapshot {
     pub data: Vec<u8>,
 }
 
+impl Snapshot {
+    /// At least the bytes this snapshot takes encoded: its data, and at most 40
+    /// a client (three varints and a run) plus its ring's words, and 10 a
+    /// duplicate position.
+    pub fn encoded_bytes_bound(&self) -> usize {
+        let clients: usize = self
+            .clients
+            .iter()
+            .map(|client| {
+                40 + match &client.applied {
+                    AppliedSequences::Run { .. } => 0,
+                    AppliedSequences::Ring(words) => 10 * words.len(),
+                }
+            })
+            .sum();
+        let duplicates: usize = self.duplicates.iter().map(|(_, positions)| 20 + 10 * positions.len()).sum();
+        64 + self.data.len() + clients + duplicates
+    }
+}
+
 /// One client's deduplication window in a [`Snapshot`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientDedup {

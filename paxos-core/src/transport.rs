@@ -73,13 +73,24 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 /// The bounded outbound queue of one peer, for transport authors: `push` never
 /// blocks and, when the queue is full, drops the oldest message (the one most
 /// likely to be stale; Paxos retransmits what matters), as
-/// [`Transport::send`] requires. One task per peer waits on [`OutboundQueue::ready`]
-/// and drains the queue onto its connection. Runtime-neutral.
+/// [`Transport::send`] requires. Full means `capacity` messages or, with
+/// [`OutboundQueue::with_bytes_max`], that many bytes of them (counted as
+/// [`Message::encoded_bytes_bound`]): a count alone lets a queue of large accepts
+/// grow to gigabytes. One task per peer waits on [`OutboundQueue::ready`] and
+/// drains the queue onto its connection. Runtime-neutral.
 pub struct OutboundQueue {
-    messages: Mutex<VecDeque<Message>>,
+    queued: Mutex<Queued>,
     capacity: usize,
+    bytes_max: usize,
     waker: AtomicWaker,
     dropped: AtomicU64,
+}
+
+/// The messages, each with its size bound, and the sum of those bounds.
+#[derive(Default)]
+struct Queued {
+    messages: VecDeque<(usize, Message)>,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for OutboundQueue {
@@ -99,29 +110,45 @@ impl OutboundQueue {
     /// # Panics
     /// If `capacity` is zero: validate it with the transport's configuration first.
     pub fn new(capacity: usize) -> OutboundQueue {
+        OutboundQueue::with_bytes_max(capacity, usize::MAX)
+    }
+
+    /// An empty queue holding at most `capacity` messages and at most `bytes_max`
+    /// bytes of them; a single larger message is still queued, alone.
+    ///
+    /// # Panics
+    /// If `capacity` is zero.
+    pub fn with_bytes_max(capacity: usize, bytes_max: usize) -> OutboundQueue {
         assert!(capacity > 0, "an outbound queue needs room for one message");
         OutboundQueue {
-            messages: Mutex::new(VecDeque::new()),
+            queued: Mutex::new(Queued::default()),
             capacity,
+            bytes_max,
             waker: AtomicWaker::new(),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Message>> {
-        self.messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `message`, dropping the oldest queued one if the queue is full.
+    /// Queues `message`, first dropping the oldest queued ones while the queue
+    /// is full.
     pub fn push(&self, message: Message) {
+        let bytes = message.encoded_bytes_bound();
         {
-            let mut messages = self.lock();
-            if messages.len() >= self.capacity {
-                messages.pop_front();
+            let mut queued = self.lock();
+            while !queued.messages.is_empty()
+                && (queued.messages.len() >= self.capacity || queued.bytes.saturating_add(bytes) > self.bytes_max)
+            {
+                let (oldest, _) = queued.messages.pop_front().expect("not empty");
+                queued.bytes -= oldest;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            messages.push_back(message);
-            assert!(messages.len() <= self.capacity);
+            queued.messages.push_back((bytes, message));
+            queued.bytes += bytes;
+            assert!(queued.messages.len() <= self.capacity);
         }
         self.waker.wake();
     }
@@ -131,7 +158,7 @@ impl OutboundQueue {
     pub async fn ready(&self) {
         std::future::poll_fn(|context| {
             self.waker.register(context.waker());
-            if self.lock().is_empty() {
+            if self.lock().messages.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -143,14 +170,17 @@ impl OutboundQueue {
     /// Takes every queued message, oldest first. The lock is held only for the
     /// swap, so encoding happens outside it and `push` never waits on it.
     pub fn take_all(&self) -> VecDeque<Message> {
-        std::mem::take(&mut *self.lock())
+        let taken = std::mem::take(&mut *self.lock());
+        taken.messages.into_iter().map(|(_, message)| message).collect()
     }
 
     /// Takes up to `count` messages from the front, oldest first.
     pub fn take(&self, count: usize) -> Vec<Message> {
-        let mut messages = self.lock();
-        let count = count.min(messages.len());
-        messages.drain(..count).collect()
+        let mut queued = self.lock();
+        let count = count.min(queued.messages.len());
+        let taken: Vec<(usize, Message)> = queued.messages.drain(..count).collect();
+        queued.bytes -= taken.iter().map(|(bytes, _)| bytes).sum::<usize>();
+        taken.into_iter().map(|(_, message)| message).collect()
     }
 
     /// Messages dropped because the queue was full, since it was made.
@@ -160,12 +190,17 @@ impl OutboundQueue {
 
     /// Messages queued now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().messages.len()
+    }
+
+    /// Bytes queued now, as [`Message::encoded_bytes_bound`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().messages.is_empty()
     }
 }
 
@@ -190,6 +225,35 @@ mod tests {
         let rest: Vec<Message> = queue.take_all().into();
         assert_eq!(rest, vec![probe(4)]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_queue_full_of_bytes_drops_the_oldest_but_takes_a_large_message_alone() {
+        let value = |bytes: usize| {
+            crate::message::Value::Commands(std::sync::Arc::from(vec![crate::message::Command::new(
+                1,
+                1,
+                vec![0; bytes],
+            )]))
+        };
+        let accept = |first_slot: u64, bytes: usize| Message::Accept {
+            ballot: crate::ballot::Ballot::new(1, 1),
+            first_slot,
+            values: vec![value(bytes)],
+            chosen_through: 0,
+        };
+        let queue = OutboundQueue::with_bytes_max(100, 4096);
+        for slot in 1..=5 {
+            queue.push(accept(slot, 1000));
+        }
+        assert!(queue.bytes() <= 4096, "{} bytes queued", queue.bytes());
+        assert_eq!((queue.len(), queue.dropped()), (3, 2), "the two oldest dropped");
+        assert_eq!(queue.take(1), vec![accept(3, 1000)]);
+        queue.push(accept(6, 10_000));
+        assert_eq!((queue.len(), queue.dropped()), (1, 4), "a message above the bound goes alone");
+        let rest: Vec<Message> = queue.take_all().into();
+        assert_eq!(rest, vec![accept(6, 10_000)]);
+        assert_eq!(queue.bytes(), 0);
     }
 
     #[test]

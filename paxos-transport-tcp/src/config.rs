@@ -40,6 +40,10 @@ pub struct TcpConfig {
     /// Messages queued per peer while it is slow or down; when full the
     /// **oldest** is dropped (it is the most likely to be stale, and Paxos retransmits).
     pub queue_messages_max: usize,
+    /// Bytes queued per peer (counted as `Message::encoded_bytes_bound`), with
+    /// the same rule: past it the oldest messages are dropped. Without it, a
+    /// slow peer's queue of large accepts could take gigabytes. At least 1 KiB.
+    pub queue_bytes_max: usize,
     /// Received messages waiting for `recv`; when full, reading from peers pauses
     /// (TCP flow control pushes back), so memory stays bounded.
     pub inbox_messages_max: usize,
@@ -66,6 +70,7 @@ impl fmt::Debug for TcpConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("queue_messages_max", &self.queue_messages_max)
+            .field("queue_bytes_max", &self.queue_bytes_max)
             .field("inbox_messages_max", &self.inbox_messages_max)
             .field("write_batch_bytes_max", &self.write_batch_bytes_max)
             .field("inbound_connections_max", &self.inbound_connections_max)
@@ -97,6 +102,7 @@ impl TcpConfig {
             secret: None,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             queue_messages_max: 1024,
+            queue_bytes_max: 64 << 20,
             inbox_messages_max: 4096,
             write_batch_bytes_max: 256 * 1024,
             inbound_connections_max: 64,
@@ -116,6 +122,7 @@ impl TcpConfig {
             "between 1 KiB and 4 GiB - 1",
         )?;
         check_queues(self.queue_messages_max, self.inbox_messages_max, self.inbound_connections_max)?;
+        check_range("queue_bytes_max", self.queue_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
         check_range("write_batch_bytes_max", self.write_batch_bytes_max, 1, 64 << 20, "between 1 byte and 64 MiB")?;
         check_handshake_timeout(self.handshake_timeout)?;
         check_backoff(self.backoff_min, self.backoff_max)?;

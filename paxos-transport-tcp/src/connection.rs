@@ -121,7 +121,9 @@ impl SharedState {
             .peers
             .keys()
             .filter(|peer| **peer != config.node_id)
-            .map(|peer| (*peer, Arc::new(OutboundQueue::new(config.queue_messages_max))))
+            .map(|peer| {
+                (*peer, Arc::new(OutboundQueue::with_bytes_max(config.queue_messages_max, config.queue_bytes_max)))
+            })
             .collect();
         SharedState {
             config,

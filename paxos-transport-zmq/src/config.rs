@@ -40,6 +40,10 @@ pub struct ZmqConfig {
     pub frame_bytes_max: usize,
     /// Messages queued per peer while it is slow or down; when full the **oldest** is dropped.
     pub queue_messages_max: usize,
+    /// Bytes queued per peer (counted as `Message::encoded_bytes_bound`), with
+    /// the same rule: past it the oldest messages are dropped. Without it, a
+    /// slow peer's queue of large accepts could take gigabytes. At least 1 KiB.
+    pub queue_bytes_max: usize,
     /// Received messages waiting for `recv`; when full the ROUTER stops reading
     /// (TCP flow control pushes back), so memory stays bounded.
     pub inbox_messages_max: usize,
@@ -67,6 +71,7 @@ impl fmt::Debug for ZmqConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("queue_messages_max", &self.queue_messages_max)
+            .field("queue_bytes_max", &self.queue_bytes_max)
             .field("inbox_messages_max", &self.inbox_messages_max)
             .field("send_batch_messages_max", &self.send_batch_messages_max)
             .field("inbound_connections_max", &self.inbound_connections_max)
@@ -98,6 +103,7 @@ impl ZmqConfig {
             secret: None,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             queue_messages_max: 1024,
+            queue_bytes_max: 64 << 20,
             inbox_messages_max: 4096,
             send_batch_messages_max: 64,
             inbound_connections_max: 64,
@@ -117,6 +123,7 @@ impl ZmqConfig {
             "between 1 KiB and 1 GiB",
         )?;
         check_queues(self.queue_messages_max, self.inbox_messages_max, self.inbound_connections_max)?;
+        check_range("queue_bytes_max", self.queue_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
         check_range("send_batch_messages_max", self.send_batch_messages_max, 1, 4096, "between 1 and 4096")?;
         check_handshake_timeout(self.handshake_timeout)?;
         check_backoff(self.backoff_min, self.backoff_max)?;

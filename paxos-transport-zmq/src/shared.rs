@@ -81,7 +81,9 @@ impl Shared {
             .peers
             .keys()
             .filter(|peer| **peer != config.node_id)
-            .map(|peer| (*peer, Arc::new(OutboundQueue::new(config.queue_messages_max))))
+            .map(|peer| {
+                (*peer, Arc::new(OutboundQueue::with_bytes_max(config.queue_messages_max, config.queue_bytes_max)))
+            })
             .collect();
         Shared { config, rules, queues, counters: Counters::default(), warnings: WarnLimiter::new() }
     }

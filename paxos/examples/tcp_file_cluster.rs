@@ -102,9 +102,9 @@ async fn main() -> anyhow::Result<()> {
             killed = Some(old);
         }
         if sequence == 2 * total / 3 {
-            let new = leader(&nodes).await;
-            println!("after {sequence} commands: node {new:?} leads; restarting node {killed:?}");
+            let Some(new) = leader(&nodes).await else { bail!("no leader after {sequence} commands") };
             let old = killed.expect("killed above");
+            println!("after {sequence} commands: node {new} leads; restarting node {old}");
             nodes.insert(old, start(old, &addresses, &data).await?);
         }
     }

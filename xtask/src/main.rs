@@ -15,7 +15,7 @@ mod checks;
 mod sim;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Automation for the Paxos workspace")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Automation for the Paxos workspace")]
 struct Cli {
     #[command(subcommand)]
     command: Task,

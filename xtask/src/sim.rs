@@ -11,14 +11,14 @@ pub struct SimArgs {
     /// Replay this one seed exactly.
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
-    /// Run seeds 0..N (both protocols unless --protocol says otherwise).
-    #[arg(long)]
+    /// Run seeds 0..N (both protocols unless --protocol says otherwise; at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: Option<u64>,
     /// basic, multi or both.
     #[arg(long, default_value = "both", value_parser = ["basic", "multi", "both"])]
     protocol: String,
-    /// Steps in each run's fault phase.
-    #[arg(long)]
+    /// Steps in each run's fault phase (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
 }
 

@@ -256,6 +256,9 @@ fn try_main() -> Result<()> {
         cli.protocols.len(),
         runs.len() as f64 * (warm_up + window).as_secs_f64() * 1.3
     );
+    // A directory that cannot be made fails now, not after the whole matrix.
+    let out = cli.out.clone().unwrap_or_else(default_out);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for (number, spec) in runs.iter().enumerate() {
@@ -275,8 +278,6 @@ fn try_main() -> Result<()> {
     }
     eprintln!("paxos-bench: done in {:.1} s", started.elapsed().as_secs_f64());
     println!("{}", report::table(&outcomes));
-    let out = cli.out.clone().unwrap_or_else(default_out);
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let json_path = out.join("report.json");
     std::fs::write(&json_path, report::json(&outcomes) + "\n")
         .with_context(|| format!("cannot write {}", json_path.display()))?;

@@ -23,14 +23,14 @@ struct Args {
     /// Replay this one seed exactly.
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
-    /// Run seeds 0..N.
-    #[arg(long, default_value_t = 100)]
+    /// Run seeds 0..N (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: u64,
     /// Which protocol to simulate.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     protocol: Which,
-    /// Steps in each run's fault phase.
-    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    /// Steps in each run's fault phase (at least 1).
+    #[arg(long, default_value_t = DEFAULT_STEPS, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
 }
 

@@ -426,7 +426,18 @@ fn recover_dir(dir: &Path) -> Result<(PathBuf, u64, format::Recovered), FileErro
     if recovered.valid_bytes < bytes.len() as u64 {
         // A torn tail was never acknowledged, and a zero tail holds nothing; cut
         // either so new records follow intact ones and the file holds no stale
-        // bytes. The writer preallocates again when it needs space.
+        // bytes. The writer preallocates again when it needs space. Damage to the
+        // last record alone looks the same as a torn write, so a cut that is not
+        // all zeros is said aloud.
+        let tail = &bytes[recovered.valid_bytes as usize..];
+        if tail.iter().any(|byte| *byte != 0) {
+            tracing::warn!(
+                file = %path.display(),
+                offset = recovered.valid_bytes,
+                bytes = tail.len(),
+                "cutting an incomplete record at the end of the log: the write in progress at a crash, or damage to the last record"
+            );
+        }
         let file = OpenOptions::new().write(true).open(&path).map_err(io_error("opening log", &path))?;
         file.set_len(recovered.valid_bytes).map_err(io_error("truncating the torn tail of", &path))?;
         file.sync_all().map_err(io_error("syncing", &path))?;
