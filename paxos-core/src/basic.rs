@@ -269,7 +269,7 @@ impl Replica for BasicPaxos {
             }
             Message::Promise { ballot, scope: PrepareScope::Slot(slot), accepted, chosen_through, .. } => {
                 self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
-                self.on_promise(from, ballot, slot, accepted)
+                self.on_promise(from, ballot, slot, accepted.into_vec())
             }
             Message::Promise { .. } => {}
             Message::Accept { ballot, first_slot, values, .. } => {
@@ -503,10 +503,12 @@ mod tests {
         let reported = vec![AcceptedEntry { slot: 1, ballot: Ballot::new(0, 2), value: theirs.clone() }];
         proposer.on_message(
             2,
-            Message::Promise { ballot, scope, accepted: reported, chosen_through: 0, continues_at: None },
+            Message::Promise { ballot, scope, accepted: reported.into(), chosen_through: 0, continues_at: None },
         );
-        proposer
-            .on_message(3, Message::Promise { ballot, scope, accepted: vec![], chosen_through: 0, continues_at: None });
+        proposer.on_message(
+            3,
+            Message::Promise { ballot, scope, accepted: Box::default(), chosen_through: 0, continues_at: None },
+        );
         let actions = proposer.take_actions();
         let accept = actions.send.iter().find(|o| o.to == 2).map(|o| o.message.clone());
         assert_eq!(

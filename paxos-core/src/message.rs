@@ -3,6 +3,7 @@
 //! These are plain serde types. [`crate::wire`] turns them into bytes, once, for
 //! every transport.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,7 @@ impl Command {
 /// How many of `items`, from the first, go in one message: at most `count_max`
 /// (at least 1), and no more than `bytes_max` by `bytes`, unless the first alone is
 /// larger (it then goes alone). Zero only for no items.
+#[inline]
 pub(crate) fn message_prefix<T>(items: &[T], count_max: usize, bytes_max: usize, bytes: impl Fn(&T) -> usize) -> usize {
     let limit = items.len().min(count_max.max(1));
     if limit <= 1 {
@@ -151,14 +153,15 @@ pub enum Message {
         ballot: Ballot,
         /// Slots covered; equal to the prepare's.
         scope: PrepareScope,
-        /// Accepted proposals in scope, in slot order.
-        accepted: Vec<AcceptedEntry>,
+        /// Accepted proposals in scope, in slot order. (A boxed slice, and a
+        /// non-zero slot below, keep every message within 64 bytes.)
+        accepted: Box<[AcceptedEntry]>,
         /// The highest slot below which the promiser knows every slot chosen.
         chosen_through: Slot,
         /// `Some(slot)`: the report stops short of `slot`, to keep the message
         /// within `message_bytes_max`; the promise holds all the same, and a
         /// prepare at the same ballot from `slot` gets the rest. `None`: complete.
-        continues_at: Option<Slot>,
+        continues_at: Option<NonZeroU64>,
     },
     /// Phase 2a: "accept these values at consecutive slots starting at `first_slot`".
     Accept {
@@ -284,6 +287,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_message_fits_64_bytes() {
+        assert!(std::mem::size_of::<Message>() <= 64, "{} bytes", std::mem::size_of::<Message>());
+    }
+
+    #[test]
     fn encoded_bytes_bounds_are_upper_bounds() {
         let extreme = Command::new(u64::MAX, u64::MAX, vec![7; 300]);
         let small = Command::new(1, 1, vec![]);
@@ -323,9 +331,9 @@ mod tests {
             Message::Promise {
                 ballot,
                 scope: PrepareScope::Slot(u64::MAX),
-                accepted: vec![entry.clone(), entry],
+                accepted: vec![entry.clone(), entry].into(),
                 chosen_through: u64::MAX,
-                continues_at: Some(u64::MAX),
+                continues_at: NonZeroU64::new(u64::MAX),
             },
             Message::Accept {
                 ballot,

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use crate::acceptor::Acceptor;
@@ -170,9 +171,9 @@ impl MultiPaxos {
         from: NodeId,
         ballot: Ballot,
         scope: PrepareScope,
-        accepted: Vec<AcceptedEntry>,
+        accepted: Box<[AcceptedEntry]>,
         chosen_through: Slot,
-        continues_at: Option<Slot>,
+        continues_at: Option<NonZeroU64>,
     ) {
         self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
         let Some(voter) = self.core.bit(from) else { return };
@@ -187,7 +188,8 @@ impl MultiPaxos {
         if scope != PrepareScope::From(expected) {
             return;
         }
-        match continues_at {
+        let accepted = accepted.into_vec();
+        match continues_at.map(NonZeroU64::get) {
             None => {
                 if tally.on_promise(voter, accepted) >= self.core.quorum {
                     self.become_leader();
@@ -893,7 +895,7 @@ mod tests {
             Message::Promise {
                 ballot,
                 scope: PrepareScope::From(1),
-                accepted: reported,
+                accepted: reported.into(),
                 chosen_through: 0,
                 continues_at: None,
             },
@@ -903,7 +905,7 @@ mod tests {
             Message::Promise {
                 ballot,
                 scope: PrepareScope::From(1),
-                accepted: vec![],
+                accepted: Box::default(),
                 chosen_through: 0,
                 continues_at: None,
             },
@@ -973,7 +975,7 @@ mod tests {
             let promise = Message::Promise {
                 ballot,
                 scope: PrepareScope::From(1),
-                accepted: vec![],
+                accepted: Box::default(),
                 chosen_through: 0,
                 continues_at: None,
             };
@@ -1142,7 +1144,7 @@ mod tests {
         let own = Message::Promise {
             ballot,
             scope: PrepareScope::From(1),
-            accepted: vec![],
+            accepted: Box::default(),
             chosen_through: 0,
             continues_at: None,
         };
@@ -1171,7 +1173,7 @@ mod tests {
             candidate.on_message(2, parts[0].clone());
             assert!(candidate.take_actions().is_empty());
             let [Outgoing { to: 2, message }] = &asked[..] else { panic!("one prepare for the next part: {asked:?}") };
-            assert_eq!(*message, Message::Prepare { ballot, scope: PrepareScope::From(continues_at.unwrap()) });
+            assert_eq!(*message, Message::Prepare { ballot, scope: PrepareScope::From(continues_at.unwrap().get()) });
             prepare = message.clone();
         };
         assert_eq!(reported, (1..=10).collect::<Vec<Slot>>(), "every slot reported once, in order");

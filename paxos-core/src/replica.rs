@@ -2,6 +2,7 @@
 //! acceptor, learner and catch-up plumbing both protocols drive the same way.
 
 use std::borrow::Cow;
+use std::num::NonZeroU64;
 
 use crate::acceptor::Acceptor;
 use crate::actions::{push_in_place, Actions, Event};
@@ -270,9 +271,11 @@ impl Core {
                 let fit = message_prefix(&accepted, usize::MAX, self.config.message_bytes_max, |entry| {
                     entry.value.encoded_bytes_bound() + 32
                 });
-                let continues_at = accepted.get(fit).map(|entry| entry.slot);
+                let continues_at =
+                    accepted.get(fit).map(|entry| NonZeroU64::new(entry.slot).expect("an acceptor's slots start at 1"));
                 accepted.truncate(fit);
                 // Seed 001: the promise leaves only after it is durable.
+                let accepted = accepted.into_boxed_slice();
                 let promise = Message::Promise { ballot, scope, accepted, chosen_through, continues_at };
                 self.actions.persist.push_message(from, promise);
                 true

@@ -94,13 +94,13 @@ mod tests {
         Message::Promise {
             ballot: Ballot::new(5, 2),
             scope: PrepareScope::From(3),
-            accepted: vec![AcceptedEntry {
+            accepted: Box::new([AcceptedEntry {
                 slot: 3,
                 ballot: Ballot::new(3, 1),
                 value: Value::Commands(Arc::from(vec![Command::new(1, 1, b"foo".to_vec())])),
-            }],
+            }]),
             chosen_through: 2,
-            continues_at: Some(9),
+            continues_at: std::num::NonZeroU64::new(9),
         }
     }
 

@@ -43,7 +43,7 @@ fn elected_leader(members: &[NodeId], voters: &[NodeId]) -> (Box<dyn Replica>, B
         let promise = Message::Promise {
             ballot,
             scope: PrepareScope::From(1),
-            accepted: vec![],
+            accepted: Box::default(),
             chosen_through: 0,
             continues_at: None,
         };
