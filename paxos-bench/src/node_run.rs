@@ -28,6 +28,9 @@ use crate::spec::{ProtocolKind, Spec, SpecError, StorageKind, TransportKind};
 /// queue, or a redirect to the leader) before its run fails.
 pub const RETRIES_MAX: u32 = 16;
 
+/// The replicas' election timeout, in 5 ms ticks (see [`node_options`]).
+pub const ELECTION_TIMEOUT_TICKS: u64 = 60;
+
 /// Most commands one client task keeps in flight (one `add_many`).
 pub const CLIENT_WINDOW_MAX: usize = 64;
 
@@ -178,6 +181,11 @@ impl NodeCluster {
                 let mut config = Config::new(*id, members.clone(), spec.protocol.into());
                 config.batch_commands_max = spec.batch_commands_max();
                 config.pending_commands_max = config.pending_commands_max.max(2 * spec.in_flight);
+                // Ticks are 5 ms here, for quick resends. The default election
+                // timeout of 10 ticks (50 ms) is shorter than the pauses of five
+                // replicas moving megabytes on 2 shared cores, where a leader's
+                // heartbeat late by that much set off elections that never settled.
+                config.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
                 config
             })
             .collect();

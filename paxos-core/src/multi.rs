@@ -177,7 +177,8 @@ impl MultiPaxos {
     ) {
         self.core.known_chosen_through = self.core.known_chosen_through.max(chosen_through);
         let Some(voter) = self.core.bit(from) else { return };
-        let State::Candidate { tally, from_slot, parts_from, .. } = &mut self.state else { return };
+        let ticks = self.core.ticks;
+        let State::Candidate { tally, from_slot, parts_from, sent_at } = &mut self.state else { return };
         if tally.ballot() != ballot {
             return;
         }
@@ -198,6 +199,11 @@ impl MultiPaxos {
             Some(next) if next > expected => {
                 if tally.add_part(voter, accepted) {
                     parts_from[position] = Some(next);
+                    // A long report is progress: the election does not time out
+                    // while parts keep coming, and no resend asks again for parts
+                    // already on their way (each would come back, megabytes at a time).
+                    *sent_at = ticks;
+                    self.ticks_since_heard = 0;
                     // The promise is already durable there: this asks for a report only.
                     self.core.actions.send(from, Message::Prepare { ballot, scope: PrepareScope::From(next) });
                 }
@@ -1192,5 +1198,62 @@ mod tests {
         }
         assert_eq!(ids(&proposed), ids(&values));
         assert!(proposed == values, "the values themselves, not only their ids");
+    }
+
+    /// Parts of a long promise that keep coming are progress: the candidate does
+    /// not time out and start over (at a higher ballot, asking for every part
+    /// again) while they arrive, however many election timeouts they take.
+    #[test]
+    fn a_candidate_receiving_promise_parts_does_not_time_out() {
+        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
+        config.batch_bytes_max = 1024;
+        config.message_bytes_max = 2048;
+        let values: Vec<Value> = (1..=12)
+            .map(|sequence| Value::Commands(Arc::from(vec![Command::new(9, sequence, vec![7; 1000])])))
+            .collect();
+        let mut acceptor = MultiPaxos::new(Config { node_id: 2, ..config.clone() }, &DurableState::default()).unwrap();
+        let old = Ballot::new(1, 1);
+        acceptor.on_message(1, Message::Accept { ballot: old, first_slot: 1, values, chosen_through: 0 });
+        let _ = acceptor.take_actions();
+        let timeout = config.election_timeout_ticks;
+        let mut candidate = MultiPaxos::new(Config { node_id: 3, ..config }, &DurableState::default()).unwrap();
+        while candidate.own_ballot().is_none() {
+            candidate.tick();
+        }
+        let _ = candidate.take_actions();
+        let ballot = candidate.own_ballot().unwrap();
+        let own = Message::Promise {
+            ballot,
+            scope: PrepareScope::From(1),
+            accepted: Box::default(),
+            chosen_through: 0,
+            continues_at: None,
+        };
+        candidate.on_message(3, own);
+        let mut prepare = Message::Prepare { ballot, scope: PrepareScope::From(1) };
+        let mut parts = 0;
+        while candidate.status().role == Role::Candidate {
+            acceptor.on_message(3, prepare.clone());
+            let [Outgoing { message: promise, .. }] = &all_sent(acceptor.take_actions())[..] else {
+                panic!("a promise")
+            };
+            // Most of an election timeout passes before each part arrives.
+            for _ in 0..timeout - 1 {
+                candidate.tick();
+            }
+            candidate.on_message(2, promise.clone());
+            parts += 1;
+            assert_eq!(candidate.own_ballot(), Some(ballot), "the election started over after {parts} parts");
+            // It asks for the next part (a resend during the wait asks for the one before).
+            for sent in all_sent(candidate.take_actions()) {
+                if let (2, Message::Prepare { scope: PrepareScope::From(from), .. }) = (sent.to, &sent.message) {
+                    if matches!(prepare, Message::Prepare { scope: PrepareScope::From(asked), .. } if *from > asked) {
+                        prepare = sent.message.clone();
+                    }
+                }
+            }
+        }
+        assert!(parts >= 6, "{parts} parts");
+        assert_eq!(candidate.status().role, Role::Leader);
     }
 }
