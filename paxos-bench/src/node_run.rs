@@ -28,7 +28,7 @@ use crate::spec::{ProtocolKind, Spec, SpecError, StorageKind, TransportKind};
 /// queue, or a redirect to the leader) before its run fails.
 pub const RETRIES_MAX: u32 = 16;
 
-/// The replicas' election timeout, in 5 ms ticks (see [`node_options`]).
+/// The replicas' election timeout, in the node runs' 5 ms ticks.
 pub const ELECTION_TIMEOUT_TICKS: u64 = 60;
 
 /// Most commands one client task keeps in flight (one `add_many`).
