@@ -1122,25 +1122,25 @@ mod tests {
         assert_eq!((forwarded, forwards.len() >= 4), (16, true));
     }
 
-    /// A promise too long for one message comes in parts, each within
-    /// `message_bytes_max`; the candidate asks for each next part, ignores copies
-    /// of earlier ones, counts the promiser only with the last, and re-proposes
-    /// what every part reported (seed 004).
-    #[test]
-    fn a_long_promise_comes_in_parts_and_the_candidate_adopts_from_every_part() {
-        const LIMIT: usize = 4096;
+    /// Node 2, which accepted `count` values of 1 KiB at ballot 1.1, and node 3,
+    /// standing for election with its own promise counted, both with batches of
+    /// at most 1 KiB and messages of at most `message_bytes_max`; the candidate's
+    /// ballot, and the values.
+    fn a_candidate_and_an_acceptor_of(
+        count: u64,
+        message_bytes_max: usize,
+    ) -> (MultiPaxos, MultiPaxos, Ballot, Vec<Value>) {
         let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
         config.batch_bytes_max = 1024;
-        config.message_bytes_max = LIMIT;
-        let old = Ballot::new(1, 1);
-        let values: Vec<Value> = (1..=10)
+        config.message_bytes_max = message_bytes_max;
+        let values: Vec<Value> = (1..=count)
             .map(|sequence| Value::Commands(Arc::from(vec![Command::new(9, sequence, vec![7; 1000])])))
             .collect();
         let mut acceptor = MultiPaxos::new(Config { node_id: 2, ..config.clone() }, &DurableState::default()).unwrap();
-        acceptor
-            .on_message(1, Message::Accept { ballot: old, first_slot: 1, values: values.clone(), chosen_through: 0 });
+        let accept =
+            Message::Accept { ballot: Ballot::new(1, 1), first_slot: 1, values: values.clone(), chosen_through: 0 };
+        acceptor.on_message(1, accept);
         let _ = acceptor.take_actions();
-
         let mut candidate = MultiPaxos::new(Config { node_id: 3, ..config }, &DurableState::default()).unwrap();
         while candidate.own_ballot().is_none() {
             candidate.tick();
@@ -1155,6 +1155,17 @@ mod tests {
             continues_at: None,
         };
         candidate.on_message(3, own);
+        (acceptor, candidate, ballot, values)
+    }
+
+    /// A promise too long for one message comes in parts, each within
+    /// `message_bytes_max`; the candidate asks for each next part, ignores copies
+    /// of earlier ones, counts the promiser only with the last, and re-proposes
+    /// what every part reported (seed 004).
+    #[test]
+    fn a_long_promise_comes_in_parts_and_the_candidate_adopts_from_every_part() {
+        const LIMIT: usize = 4096;
+        let (mut acceptor, mut candidate, ballot, values) = a_candidate_and_an_acceptor_of(10, LIMIT);
 
         let mut prepare = Message::Prepare { ballot, scope: PrepareScope::From(1) };
         let mut reported = Vec::new();
@@ -1205,31 +1216,8 @@ mod tests {
     /// again) while they arrive, however many election timeouts they take.
     #[test]
     fn a_candidate_receiving_promise_parts_does_not_time_out() {
-        let mut config = Config::new(1, [1, 2, 3], crate::config::Protocol::Multi);
-        config.batch_bytes_max = 1024;
-        config.message_bytes_max = 2048;
-        let values: Vec<Value> = (1..=12)
-            .map(|sequence| Value::Commands(Arc::from(vec![Command::new(9, sequence, vec![7; 1000])])))
-            .collect();
-        let mut acceptor = MultiPaxos::new(Config { node_id: 2, ..config.clone() }, &DurableState::default()).unwrap();
-        let old = Ballot::new(1, 1);
-        acceptor.on_message(1, Message::Accept { ballot: old, first_slot: 1, values, chosen_through: 0 });
-        let _ = acceptor.take_actions();
-        let timeout = config.election_timeout_ticks;
-        let mut candidate = MultiPaxos::new(Config { node_id: 3, ..config }, &DurableState::default()).unwrap();
-        while candidate.own_ballot().is_none() {
-            candidate.tick();
-        }
-        let _ = candidate.take_actions();
-        let ballot = candidate.own_ballot().unwrap();
-        let own = Message::Promise {
-            ballot,
-            scope: PrepareScope::From(1),
-            accepted: Box::default(),
-            chosen_through: 0,
-            continues_at: None,
-        };
-        candidate.on_message(3, own);
+        let (mut acceptor, mut candidate, ballot, _) = a_candidate_and_an_acceptor_of(12, 2048);
+        let timeout = candidate.core.config.election_timeout_ticks;
         let mut prepare = Message::Prepare { ballot, scope: PrepareScope::From(1) };
         let mut parts = 0;
         while candidate.status().role == Role::Candidate {
