@@ -128,6 +128,14 @@ pub struct AcceptedEntry {
     pub value: Value,
 }
 
+impl AcceptedEntry {
+    /// At least the bytes this entry takes encoded: its value, and at most 32 for
+    /// the slot and the ballot.
+    pub fn encoded_bytes_bound(&self) -> usize {
+        32 + self.value.encoded_bytes_bound()
+    }
+}
+
 /// Which slots a prepare asks acceptors to promise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrepareScope {
@@ -237,9 +245,7 @@ impl Message {
     /// take encoded, plus 64 for the rest: what bounded queues count.
     pub fn encoded_bytes_bound(&self) -> usize {
         let carried = match self {
-            Message::Promise { accepted, .. } => {
-                accepted.iter().map(|entry| 32 + entry.value.encoded_bytes_bound()).sum()
-            }
+            Message::Promise { accepted, .. } => accepted.iter().map(AcceptedEntry::encoded_bytes_bound).sum(),
             Message::Accept { values, .. } | Message::CatchUp { values, .. } => {
                 values.iter().map(Value::encoded_bytes_bound).sum()
             }

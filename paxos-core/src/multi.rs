@@ -906,16 +906,7 @@ mod tests {
                 continues_at: None,
             },
         );
-        candidate.on_message(
-            3,
-            Message::Promise {
-                ballot,
-                scope: PrepareScope::From(1),
-                accepted: Box::default(),
-                chosen_through: 0,
-                continues_at: None,
-            },
-        );
+        candidate.on_message(3, empty_promise(ballot));
         assert_eq!(candidate.status().role, Role::Leader);
         let actions = candidate.take_actions();
         let accepts: Vec<&Message> = actions.send.iter().filter(|o| o.to == 2).map(|o| &o.message).collect();
@@ -969,6 +960,17 @@ mod tests {
         assert_eq!(proposed, vec![CommandId { client: 5, sequence: 1 }, CommandId { client: 5, sequence: 2 }]);
     }
 
+    /// A whole promise of the log from slot 1 at `ballot`, reporting nothing accepted.
+    fn empty_promise(ballot: Ballot) -> Message {
+        Message::Promise {
+            ballot,
+            scope: PrepareScope::From(1),
+            accepted: Box::default(),
+            chosen_through: 0,
+            continues_at: None,
+        }
+    }
+
     /// Node 1 of `config`, elected by promises from nodes 2 and 3, with its actions so far taken.
     fn elected(config: Config) -> (MultiPaxos, Ballot) {
         let mut leader = MultiPaxos::new(config, &DurableState::default()).unwrap();
@@ -978,14 +980,7 @@ mod tests {
         let _ = leader.take_actions();
         let ballot = leader.own_ballot().unwrap();
         for peer in [2, 3] {
-            let promise = Message::Promise {
-                ballot,
-                scope: PrepareScope::From(1),
-                accepted: Box::default(),
-                chosen_through: 0,
-                continues_at: None,
-            };
-            leader.on_message(peer, promise);
+            leader.on_message(peer, empty_promise(ballot));
         }
         assert_eq!(leader.status().role, Role::Leader);
         let _ = accepted_batches(&mut leader);
@@ -1147,14 +1142,7 @@ mod tests {
         }
         let _ = candidate.take_actions();
         let ballot = candidate.own_ballot().unwrap();
-        let own = Message::Promise {
-            ballot,
-            scope: PrepareScope::From(1),
-            accepted: Box::default(),
-            chosen_through: 0,
-            continues_at: None,
-        };
-        candidate.on_message(3, own);
+        candidate.on_message(3, empty_promise(ballot));
         (acceptor, candidate, ballot, values)
     }
 

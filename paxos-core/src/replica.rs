@@ -9,7 +9,7 @@ use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
-use crate::message::{message_prefix, Command, Message, PrepareScope, Value};
+use crate::message::{message_prefix, AcceptedEntry, Command, Message, PrepareScope, Value};
 use crate::rng::Rng;
 use crate::storage::{DurableState, Snapshot, StorageOp};
 
@@ -268,9 +268,12 @@ impl Core {
                 let chosen_through = self.learner.applied_through();
                 // A long report goes in parts, each within message_bytes_max: one
                 // the transport dropped for its size would be dropped at every resend.
-                let fit = message_prefix(&accepted, usize::MAX, self.config.message_bytes_max, |entry| {
-                    entry.value.encoded_bytes_bound() + 32
-                });
+                let fit = message_prefix(
+                    &accepted,
+                    usize::MAX,
+                    self.config.message_bytes_max,
+                    AcceptedEntry::encoded_bytes_bound,
+                );
                 let continues_at =
                     accepted.get(fit).map(|entry| NonZeroU64::new(entry.slot).expect("an acceptor's slots start at 1"));
                 accepted.truncate(fit);

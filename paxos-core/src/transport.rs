@@ -86,10 +86,13 @@ pub struct OutboundQueue {
     dropped: AtomicU64,
 }
 
-/// The messages, each with its size bound, and the sum of those bounds.
+/// The messages, each one's size bound at the same position in `sizes`, and the
+/// sum of those bounds. Two queues rather than one of pairs, so `take_all` hands
+/// the messages over without copying them.
 #[derive(Default)]
 struct Queued {
-    messages: VecDeque<(usize, Message)>,
+    messages: VecDeque<Message>,
+    sizes: VecDeque<usize>,
     bytes: usize,
 }
 
@@ -142,11 +145,13 @@ impl OutboundQueue {
             while !queued.messages.is_empty()
                 && (queued.messages.len() >= self.capacity || queued.bytes.saturating_add(bytes) > self.bytes_max)
             {
-                let (oldest, _) = queued.messages.pop_front().expect("not empty");
+                queued.messages.pop_front();
+                let oldest = queued.sizes.pop_front().expect("one size per message");
                 queued.bytes -= oldest;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            queued.messages.push_back((bytes, message));
+            queued.messages.push_back(message);
+            queued.sizes.push_back(bytes);
             queued.bytes += bytes;
             assert!(queued.messages.len() <= self.capacity);
         }
@@ -170,17 +175,19 @@ impl OutboundQueue {
     /// Takes every queued message, oldest first. The lock is held only for the
     /// swap, so encoding happens outside it and `push` never waits on it.
     pub fn take_all(&self) -> VecDeque<Message> {
-        let taken = std::mem::take(&mut *self.lock());
-        taken.messages.into_iter().map(|(_, message)| message).collect()
+        let mut queued = self.lock();
+        queued.sizes.clear();
+        queued.bytes = 0;
+        std::mem::take(&mut queued.messages)
     }
 
     /// Takes up to `count` messages from the front, oldest first.
     pub fn take(&self, count: usize) -> Vec<Message> {
         let mut queued = self.lock();
         let count = count.min(queued.messages.len());
-        let taken: Vec<(usize, Message)> = queued.messages.drain(..count).collect();
-        queued.bytes -= taken.iter().map(|(bytes, _)| bytes).sum::<usize>();
-        taken.into_iter().map(|(_, message)| message).collect()
+        let bytes: usize = queued.sizes.drain(..count).sum();
+        queued.bytes -= bytes;
+        queued.messages.drain(..count).collect()
     }
 
     /// Messages dropped because the queue was full, since it was made.
