@@ -97,6 +97,9 @@ impl std::fmt::Debug for NodeCluster {
     }
 }
 
+/// Payload bytes each replica applies between compactions, at most.
+pub const AUTO_COMPACT_BYTES: u64 = 32 << 20;
+
 fn node_options() -> NodeOptions {
     NodeOptions {
         tick_interval: Duration::from_millis(5),
@@ -104,6 +107,9 @@ fn node_options() -> NodeOptions {
         subscriber_buffer_max: 1 << 20,
         auto_compact_slots: Some(65_536),
         auto_compact_commands: Some(1 << 18),
+        // With 1 KiB commands the command bound alone let each replica hold 256 MiB
+        // of payloads before compacting; this one holds it to 32 MiB.
+        auto_compact_bytes: Some(AUTO_COMPACT_BYTES),
         ..NodeOptions::default()
     }
 }

@@ -72,8 +72,13 @@ pub struct NodeOptions {
     /// Also compact automatically (as [`NodeOptions::auto_compact_slots`] does)
     /// whenever this many commands were applied since the last compaction: with
     /// batching, one slot can hold a thousand commands, so a bound in slots alone
-    /// does not bound memory. `None` counts slots only.
+    /// does not bound memory. `None` does not count commands.
     pub auto_compact_commands: Option<u64>,
+    /// Also compact automatically (as [`NodeOptions::auto_compact_slots`] does)
+    /// whenever the commands applied since the last compaction (or since the node
+    /// started) carry this many payload bytes: with large commands, a bound in
+    /// commands does not bound memory either. `None` does not count bytes.
+    pub auto_compact_bytes: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -87,6 +92,7 @@ impl Default for NodeOptions {
             recent_ids_max: 65_536,
             auto_compact_slots: None,
             auto_compact_commands: None,
+            auto_compact_bytes: None,
         }
     }
 }
@@ -250,6 +256,7 @@ impl Node {
             deferred: PersistThen::default(),
             queued: PersistThen::default(),
             queued_bytes: 0,
+            applied_bytes: 0,
         };
         let shared_requests = std::sync::Arc::new(std::sync::Mutex::new(requests.clone()));
         let handle = NodeHandle { node_id, requests, shared_requests, options };
@@ -566,6 +573,9 @@ struct Driver<T, S> {
     queued: PersistThen,
     /// Bytes of commands in `queued`, roughly ([`op_bytes`]).
     queued_bytes: usize,
+    /// Payload bytes of the commands applied since the last compaction (counted
+    /// only under [`NodeOptions::auto_compact_bytes`]).
+    applied_bytes: u64,
 }
 
 /// Roughly how many bytes `op` puts in a write: its commands' payloads and ids,
@@ -895,7 +905,11 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             Request::Subscribe { subscriber } => self.subscribers.push(subscriber),
             Request::Events { events } => self.event_watchers.push(events),
             Request::Compact { through_slot, data, reply } => {
-                let _ = reply.send(self.replica.compact(through_slot, data));
+                let compacted = self.replica.compact(through_slot, data);
+                if compacted.is_ok() {
+                    self.applied_bytes = 0;
+                }
+                let _ = reply.send(compacted);
             }
             Request::Shutdown => return true,
         }
@@ -937,19 +951,24 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             self.queued_bytes += actions.persist.ops().iter().map(op_bytes).sum::<usize>();
             self.queued.merge(actions.persist);
         }
-        if self.options.auto_compact_slots.is_some() || self.options.auto_compact_commands.is_some() {
+        let options = &self.options;
+        if options.auto_compact_slots.is_some()
+            || options.auto_compact_commands.is_some()
+            || options.auto_compact_bytes.is_some()
+        {
             let learner = self.replica.learner();
             let applied = learner.applied_through();
             let (held, held_index) =
                 self.replica.snapshot().map_or((0, 0), |snapshot| (snapshot.through_slot, snapshot.next_index));
-            let slots_due = self.options.auto_compact_slots.is_some_and(|every| applied >= held + every.max(1));
-            let commands_due = self
-                .options
+            let slots_due = options.auto_compact_slots.is_some_and(|every| applied >= held + every.max(1));
+            let commands_due = options
                 .auto_compact_commands
                 .is_some_and(|every| applied > held && learner.next_index() >= held_index + every.max(1));
-            if slots_due || commands_due {
+            let bytes_due =
+                options.auto_compact_bytes.is_some_and(|every| applied > held && self.applied_bytes >= every);
+            if (slots_due || commands_due || bytes_due) && self.replica.compact(applied, Vec::new()).is_ok() {
                 // The compaction's write goes out with the next round of actions.
-                let _ = self.replica.compact(applied, Vec::new());
+                self.applied_bytes = 0;
             }
         }
     }
@@ -997,6 +1016,10 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
     }
 
     fn deliver(&mut self, decided: Decided) {
+        if self.options.auto_compact_bytes.is_some() {
+            let bytes: usize = decided.value.commands().iter().map(|command| command.payload.len()).sum();
+            self.applied_bytes += bytes as u64;
+        }
         let waiting = !self.waiters.is_empty();
         for (index, command) in decided.entries() {
             if waiting {

@@ -337,6 +337,38 @@ async fn auto_compaction_counts_commands_when_slots_hold_large_batches() {
     driver.await.unwrap().unwrap();
 }
 
+/// Large commands: a bound in bytes compacts long before the bounds in slots
+/// and commands would, and only once the applied payloads reach it.
+#[tokio::test]
+async fn auto_compaction_counts_bytes_when_commands_are_large() {
+    let network = MemoryNetwork::new();
+    let storage = MemoryStorage::new();
+    let config = Config::new(1, [1], Protocol::Multi);
+    let options = NodeOptions {
+        auto_compact_slots: Some(1 << 30),
+        auto_compact_commands: Some(1 << 30),
+        auto_compact_bytes: Some(64 << 10),
+        ..options()
+    };
+    let (handle, driver) = Node::start_with(config, options, network.join(1), storage.clone()).await.unwrap();
+    let driver = tokio::spawn(driver);
+    // 60 KiB applied: under the bound, nothing is compacted.
+    for sequence in 0..15 {
+        handle.add(Command::new(1, sequence, vec![3; 4096])).await.unwrap();
+    }
+    handle.add(Command::new(2, 0, vec![])).await.unwrap();
+    assert_eq!(storage.snapshot().snapshot, None, "60 KiB of payloads is under the 64 KiB bound");
+    // The 16th 4 KiB command reaches it; the compaction write goes out with the next round.
+    handle.add(Command::new(1, 15, vec![3; 4096])).await.unwrap();
+    handle.add(Command::new(2, 1, vec![])).await.unwrap();
+    let durable = storage.snapshot();
+    let snapshot = durable.snapshot.expect("64 KiB of payloads were compacted");
+    assert!(snapshot.next_index >= 17, "compacted after the 16th large command, got {}", snapshot.next_index);
+    assert!(durable.slots.keys().all(|slot| *slot > snapshot.through_slot), "compacted slots left storage");
+    handle.shutdown();
+    driver.await.unwrap().unwrap();
+}
+
 /// A chosen record costs no sync of its own: it is written in front of the next
 /// write that must be durable (or at the next tick). A crash that loses it loses
 /// nothing: the restarted replica finds the slot accepted but not chosen and

@@ -512,6 +512,43 @@ fn damage_followed_by_an_intact_record_in_a_preallocated_log_is_corruption() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was truncated or repaired");
 }
 
+/// Appends go on while a checkpoint is written on its own thread: the records
+/// appended meanwhile follow the checkpoint in the new file, and a reopen sees
+/// the exact replay.
+#[test]
+fn appends_go_on_while_a_checkpoint_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FileOptions { log_bytes_max: 256 << 10, ..FileOptions::default() };
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    let mut batches = Vec::new();
+    block_on(async {
+        for slot in 1..=2000u64 {
+            let stats = storage.stats();
+            if stats.checkpoints >= 2 && stats.checkpoint_tail_bytes > 0 {
+                break;
+            }
+            assert!(slot < 2000, "2,000 appends of 32 KiB and no checkpoint carried a record: {stats:?}");
+            let batch = vec![
+                StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 32 << 10) },
+                StorageOp::Chosen { slot: slot.saturating_sub(1).max(1), value: None },
+            ];
+            storage.append(&batch).await.unwrap();
+            batches.push(batch);
+        }
+    });
+    let generation = storage.stats().generation;
+    drop(storage);
+    let logs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+        .filter(|name| name.starts_with("wal-"))
+        .collect();
+    // Closing finished a checkpoint still in progress, so no temporary file is left.
+    assert_eq!(logs.len(), 1, "exactly one log file after close: {logs:?}");
+    assert!(logs[0] >= format!("wal-{generation:016x}.log"), "{logs:?}, generation {generation}");
+    assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
+}
+
 /// Checkpoints with preallocation: every generation is preallocated in steps of
 /// `preallocate_bytes`, never more than one step ahead of its records, the old
 /// generations go, and a reopen sees the exact replay.

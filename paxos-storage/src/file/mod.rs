@@ -27,8 +27,12 @@
 //! # Checkpoints
 //!
 //! When the records after the checkpoint exceed `max(log_bytes_max, checkpoint size)`,
-//! the writer writes the whole state into `wal-<g+1>.log.tmp`, syncs it, renames it
-//! to `wal-<g+1>.log`, syncs the directory, then deletes `wal-<g>.log`. A crash at
+//! a checkpoint thread writes the whole state, as it was then, into
+//! `wal-<g+1>.log.tmp` and syncs it, while the writer goes on appending to
+//! `wal-<g>.log` and keeps a copy of each record it appends meanwhile. Once the
+//! checkpoint is written, the writer appends those records to it, syncs it, renames
+//! it to `wal-<g+1>.log`, syncs the directory, then deletes `wal-<g>.log`: appends
+//! wait only for that last step, not for the whole state to be written. A crash at
 //! any step leaves either the old file alone, the old file and a stray `.tmp`, or
 //! both complete files; recovery keeps the highest complete generation and deletes
 //! the rest. Once the core compacts its log (`StorageOp::Compact`), the state and so
@@ -217,6 +221,9 @@ pub struct FileStats {
     pub syncs: u64,
     /// Checkpoints written since open.
     pub checkpoints: u64,
+    /// Bytes of records appended while a checkpoint was being written, since
+    /// open: each was copied into the new file after its checkpoint.
+    pub checkpoint_tail_bytes: u64,
     /// The live log file's generation.
     pub generation: u64,
     /// The live log file's size in bytes up to the end of its last record (the
@@ -296,17 +303,34 @@ fn sync_dir(dir: &Path) -> Result<(), FileError> {
 
 /// Writes a complete log file for `generation` holding `state`, durably: a temporary
 /// file, synced, renamed into place, then the directory synced. Returns the open
-/// file (positioned at its end) and its size.
+/// file (positioned at its end), its path and its size.
 fn write_checkpoint(dir: &Path, generation: u64, state: &DurableState) -> std::io::Result<(File, PathBuf, u64)> {
-    let bytes = format::checkpoint_file(state).map_err(std::io::Error::other)?;
-    let path = dir.join(log_name(generation));
+    let (file, temporary, bytes) = write_temporary_checkpoint(dir, generation, state)?;
+    let path = install_checkpoint(dir, generation, &temporary)?;
+    Ok((file, path, bytes))
+}
+
+/// Writes `state` as the checkpoint of a new log file for `generation` under its
+/// temporary name, and syncs it. Returns the open file (positioned at its end),
+/// its temporary path and its size.
+fn write_temporary_checkpoint(
+    dir: &Path,
+    generation: u64,
+    state: &DurableState,
+) -> std::io::Result<(File, PathBuf, u64)> {
     let temporary = dir.join(format!("{}.tmp", log_name(generation)));
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temporary)?;
-    std::io::Write::write_all(&mut file, &bytes)?;
+    let bytes = format::write_checkpoint_file(&mut file, state)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
+    Ok((file, temporary, bytes))
+}
+
+/// Gives a synced temporary log file of `generation` its name, durably; returns the new path.
+fn install_checkpoint(dir: &Path, generation: u64, temporary: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(log_name(generation));
+    std::fs::rename(temporary, &path)?;
     File::open(dir)?.sync_all()?;
-    Ok((file, path, bytes.len() as u64))
+    Ok(path)
 }
 
 impl FileStorage {

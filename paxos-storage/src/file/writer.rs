@@ -13,12 +13,13 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use paxos_core::StorageOp;
 
-use super::{format, lock, write_checkpoint, FileError, FileOptions, Shared};
+use super::{format, install_checkpoint, lock, write_temporary_checkpoint, FileError, FileOptions, Shared};
 
 /// One `append` call waiting for durability.
 pub(crate) struct Request {
@@ -53,6 +54,19 @@ pub(crate) struct Writer {
     checkpoint_bytes: u64,
     shared: Arc<Mutex<Shared>>,
     buffer: Vec<u8>,
+    /// The checkpoint being written on another thread, if any.
+    pending: Option<PendingCheckpoint>,
+}
+
+/// A checkpoint of the next generation that a thread of its own is writing, and
+/// the records appended to the live file since the state it holds was taken.
+struct PendingCheckpoint {
+    generation: u64,
+    /// Returns the synced temporary file, its path and its size.
+    thread: JoinHandle<std::io::Result<(File, PathBuf, u64)>>,
+    /// Every record written to the live file since, in order: what the new file
+    /// needs after its checkpoint to hold everything the old one does.
+    tail: Vec<u8>,
 }
 
 impl Writer {
@@ -83,6 +97,7 @@ impl Writer {
             checkpoint_bytes,
             shared,
             buffer: Vec::new(),
+            pending: None,
         }
     }
 
@@ -95,7 +110,10 @@ impl Writer {
                 Some(request) => request,
                 None => match futures::executor::block_on(receiver.next()) {
                     Some(request) => request,
-                    None => return,
+                    None => {
+                        self.finish_checkpoint_at_close();
+                        return;
+                    }
                 },
             };
             // The record body: one kind byte, then each append's encoding.
@@ -159,6 +177,9 @@ impl Writer {
         self.reserve(self.buffer.len() as u64)?;
         self.file.write_all(&self.buffer)?;
         self.file.sync_data()?;
+        if let Some(pending) = &mut self.pending {
+            pending.tail.extend_from_slice(&self.buffer);
+        }
         self.file_bytes += self.buffer.len() as u64;
         self.allocated_bytes = self.allocated_bytes.max(self.file_bytes);
         // A rare huge group should not pin its buffer for the life of the storage.
@@ -210,39 +231,80 @@ impl Writer {
     /// Replaces the log with a checkpoint once the records after the current
     /// checkpoint outgrow both `log_bytes_max` and the checkpoint itself, so disk
     /// use stays within a constant factor of the live state and rewriting costs
-    /// O(1) per appended byte.
+    /// O(1) per appended byte. The state is written by a thread of its own; this
+    /// installs a checkpoint that thread has finished, and starts the next one
+    /// when due.
     fn checkpoint_if_due(&mut self) {
+        if self.pending.as_ref().is_some_and(|pending| pending.thread.is_finished()) {
+            self.install_pending();
+        }
         let records_bytes = self.file_bytes - self.checkpoint_bytes;
-        if records_bytes <= self.records_bytes_max() {
+        if self.pending.is_some() || records_bytes <= self.records_bytes_max() {
             return;
         }
         let state = lock(&self.shared).state.clone();
         let generation = self.generation + 1;
-        match write_checkpoint(&self.dir, generation, &state) {
-            Ok((file, path, bytes)) => {
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("paxos-file-checkpoint".to_string())
+            .spawn(move || write_temporary_checkpoint(&dir, generation, &state));
+        match spawned {
+            Ok(thread) => self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new() }),
+            Err(source) => self.fail_checkpoint(generation, source),
+        }
+    }
+
+    /// Waits for the checkpoint thread, appends the records written since its
+    /// state was taken, syncs, and makes the new file the live log.
+    fn install_pending(&mut self) {
+        let Some(PendingCheckpoint { generation, thread, tail }) = self.pending.take() else { return };
+        let written = thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the checkpoint thread panicked")));
+        let installed = written.and_then(|(mut file, temporary, checkpoint_bytes)| {
+            file.write_all(&tail)?;
+            file.sync_all()?;
+            let path = install_checkpoint(&self.dir, generation, &temporary)?;
+            Ok((file, path, checkpoint_bytes))
+        });
+        match installed {
+            Ok((file, path, checkpoint_bytes)) => {
                 let old = std::mem::replace(&mut self.path, path);
                 self.file = file;
                 self.generation = generation;
-                self.file_bytes = bytes;
-                // The new file ends at its checkpoint; `reserve` allocates more
-                // when the first record needs it.
-                self.allocated_bytes = bytes;
+                self.file_bytes = checkpoint_bytes + tail.len() as u64;
+                // The new file ends at its last record; `reserve` allocates more
+                // when the next record needs it.
+                self.allocated_bytes = self.file_bytes;
                 self.no_space_in_generation = false;
-                self.checkpoint_bytes = bytes;
+                self.checkpoint_bytes = checkpoint_bytes;
                 // If this removal is lost in a crash, recovery removes the old
                 // generation, since the new one is complete and higher.
                 let _ = std::fs::remove_file(old);
                 let mut shared = lock(&self.shared);
                 shared.stats.checkpoints += 1;
+                shared.stats.checkpoint_tail_bytes += tail.len() as u64;
                 shared.stats.generation = generation;
-                shared.stats.log_bytes = bytes;
+                shared.stats.log_bytes = self.file_bytes;
             }
-            Err(source) => {
-                // The rename may or may not have happened, so appending to the old
-                // file could write where recovery never looks: stop writing.
-                let path = self.dir.join(super::log_name(generation));
-                lock(&self.shared).failure.get_or_insert_with(|| (path, Arc::new(source)));
-            }
+            Err(source) => self.fail_checkpoint(generation, source),
+        }
+    }
+
+    /// A checkpoint failed. The rename may or may not have happened, so appending
+    /// to the old file could write where recovery never looks: stop writing.
+    fn fail_checkpoint(&mut self, generation: u64, source: std::io::Error) {
+        let path = self.dir.join(super::log_name(generation));
+        lock(&self.shared).failure.get_or_insert_with(|| (path, Arc::new(source)));
+    }
+
+    /// At close, a checkpoint still being written is finished and installed if
+    /// the log is sound, so no thread outlives the storage (and its directory
+    /// lock); after a failure it is left as a temporary file, which the next open
+    /// removes.
+    fn finish_checkpoint_at_close(&mut self) {
+        if lock(&self.shared).failure.is_none() {
+            self.install_pending();
+        } else if let Some(pending) = self.pending.take() {
+            let _ = pending.thread.join();
         }
     }
 }
