@@ -30,9 +30,11 @@
 //! a checkpoint thread writes the whole state, as it was then, into
 //! `wal-<g+1>.log.tmp` and syncs it, while the writer goes on appending to
 //! `wal-<g>.log` and keeps a copy of each record it appends meanwhile. Once the
-//! checkpoint is written, the writer appends those records to it, syncs it, renames
-//! it to `wal-<g+1>.log`, syncs the directory, then deletes `wal-<g>.log`: appends
-//! wait only for that last step, not for the whole state to be written. A crash at
+//! checkpoint is written, those records are appended to it (by the checkpoint's
+//! thread again, in rounds, while they are more than `bytes_per_sync_max`; the
+//! last ones by the writer), it is synced, renamed to `wal-<g+1>.log`, the
+//! directory synced, then `wal-<g>.log` deleted: appends wait only for the last
+//! round, not for the whole state to be written. A crash at
 //! any step leaves either the old file alone, the old file and a stray `.tmp`, or
 //! both complete files; recovery keeps the highest complete generation and deletes
 //! the rest. Once the core compacts its log (`StorageOp::Compact`), the state and so
@@ -224,6 +226,11 @@ pub struct FileStats {
     /// Bytes of records appended while a checkpoint was being written, since
     /// open: each was copied into the new file after its checkpoint.
     pub checkpoint_tail_bytes: u64,
+    /// Rounds that copied such records on the checkpoint's thread, while appends
+    /// went on, since open. Each checkpoint's last records are copied by the
+    /// writer, which holds appends back meanwhile; rounds keep that part to
+    /// about `bytes_per_sync_max`.
+    pub checkpoint_tail_rounds: u64,
     /// The live log file's generation.
     pub generation: u64,
     /// The live log file's size in bytes up to the end of its last record (the

@@ -62,12 +62,32 @@ pub(crate) struct Writer {
 /// the records appended to the live file since the state it holds was taken.
 struct PendingCheckpoint {
     generation: u64,
-    /// Returns the synced temporary file, its path and its size.
-    thread: JoinHandle<std::io::Result<(File, PathBuf, u64)>>,
-    /// Every record written to the live file since, in order: what the new file
-    /// needs after its checkpoint to hold everything the old one does.
+    /// Writes the temporary file (the checkpoint, or records carried after it) and syncs it.
+    thread: JoinHandle<std::io::Result<Written>>,
+    /// Every record written to the live file since what `thread` writes, in
+    /// order: what the new file needs after it to hold everything the old one does.
     tail: Vec<u8>,
+    /// Bytes of records the thread carries or carried after the checkpoint.
+    carried: u64,
+    /// Rounds that carried records in the background so far.
+    rounds: u32,
 }
+
+/// A synced temporary log file of the next generation.
+struct Written {
+    /// Open, positioned at its end.
+    file: File,
+    temporary: PathBuf,
+    checkpoint_bytes: u64,
+    /// The checkpoint and the records carried after it.
+    file_bytes: u64,
+}
+
+/// Most rounds that carry records into a new checkpoint file in the background
+/// before the writer carries the rest itself: each round carries what was
+/// appended during the one before, so under a steady load they shrink, and under
+/// a load the disk cannot keep up with, the writer still gets to install it.
+const CARRY_ROUNDS_MAX: u32 = 8;
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
@@ -236,7 +256,7 @@ impl Writer {
     /// when due.
     fn checkpoint_if_due(&mut self) {
         if self.pending.as_ref().is_some_and(|pending| pending.thread.is_finished()) {
-            self.install_pending();
+            self.install_pending(false);
         }
         let records_bytes = self.file_bytes - self.checkpoint_bytes;
         if self.pending.is_some() || records_bytes <= self.records_bytes_max() {
@@ -245,32 +265,59 @@ impl Writer {
         let state = lock(&self.shared).state.clone();
         let generation = self.generation + 1;
         let dir = self.dir.clone();
-        let spawned = std::thread::Builder::new()
-            .name("paxos-file-checkpoint".to_string())
-            .spawn(move || write_temporary_checkpoint(&dir, generation, &state));
+        let spawned = std::thread::Builder::new().name("paxos-file-checkpoint".to_string()).spawn(move || {
+            let (file, temporary, bytes) = write_temporary_checkpoint(&dir, generation, &state)?;
+            Ok(Written { file, temporary, checkpoint_bytes: bytes, file_bytes: bytes })
+        });
         match spawned {
-            Ok(thread) => self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new() }),
+            Ok(thread) => {
+                self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new(), carried: 0, rounds: 0 })
+            }
             Err(source) => self.fail_checkpoint(generation, source),
         }
     }
 
-    /// Waits for the checkpoint thread, appends the records written since its
-    /// state was taken, syncs, and makes the new file the live log.
-    fn install_pending(&mut self) {
-        let Some(PendingCheckpoint { generation, thread, tail }) = self.pending.take() else { return };
+    /// Waits for the checkpoint thread. While the records appended since what it
+    /// wrote are more than one group's worth (`bytes_per_sync_max`), another
+    /// thread carries them into the new file, and appends go on (at most
+    /// [`CARRY_ROUNDS_MAX`] rounds, none at `close`). Then the writer carries the
+    /// rest itself, syncs, and makes the new file the live log: appends wait for
+    /// that last part only.
+    fn install_pending(&mut self, closing: bool) {
+        let Some(pending) = self.pending.take() else { return };
+        let PendingCheckpoint { generation, thread, tail, carried, rounds } = pending;
         let written = thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the checkpoint thread panicked")));
-        let installed = written.and_then(|(mut file, temporary, checkpoint_bytes)| {
-            file.write_all(&tail)?;
-            file.sync_all()?;
-            let path = install_checkpoint(&self.dir, generation, &temporary)?;
-            Ok((file, path, checkpoint_bytes))
-        });
+        let Written { mut file, temporary, checkpoint_bytes, file_bytes } = match written {
+            Ok(written) => written,
+            Err(source) => return self.fail_checkpoint(generation, source),
+        };
+        let tail_bytes = tail.len() as u64;
+        if !closing && tail_bytes > self.options.bytes_per_sync_max && rounds < CARRY_ROUNDS_MAX {
+            let spawned = std::thread::Builder::new().name("paxos-file-checkpoint".to_string()).spawn(move || {
+                file.write_all(&tail)?;
+                file.sync_data()?;
+                Ok(Written { file, temporary, checkpoint_bytes, file_bytes: file_bytes + tail_bytes })
+            });
+            match spawned {
+                Ok(thread) => {
+                    let carried = carried + tail_bytes;
+                    let rounds = rounds + 1;
+                    self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new(), carried, rounds });
+                }
+                Err(source) => self.fail_checkpoint(generation, source),
+            }
+            return;
+        }
+        let installed = file
+            .write_all(&tail)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| install_checkpoint(&self.dir, generation, &temporary));
         match installed {
-            Ok((file, path, checkpoint_bytes)) => {
+            Ok(path) => {
                 let old = std::mem::replace(&mut self.path, path);
                 self.file = file;
                 self.generation = generation;
-                self.file_bytes = checkpoint_bytes + tail.len() as u64;
+                self.file_bytes = file_bytes + tail_bytes;
                 // The new file ends at its last record; `reserve` allocates more
                 // when the next record needs it.
                 self.allocated_bytes = self.file_bytes;
@@ -281,7 +328,8 @@ impl Writer {
                 let _ = std::fs::remove_file(old);
                 let mut shared = lock(&self.shared);
                 shared.stats.checkpoints += 1;
-                shared.stats.checkpoint_tail_bytes += tail.len() as u64;
+                shared.stats.checkpoint_tail_bytes += carried + tail_bytes;
+                shared.stats.checkpoint_tail_rounds += u64::from(rounds);
                 shared.stats.generation = generation;
                 shared.stats.log_bytes = self.file_bytes;
             }
@@ -302,7 +350,7 @@ impl Writer {
     /// removes.
     fn finish_checkpoint_at_close(&mut self) {
         if lock(&self.shared).failure.is_none() {
-            self.install_pending();
+            self.install_pending(true);
         } else if let Some(pending) = self.pending.take() {
             let _ = pending.thread.join();
         }
