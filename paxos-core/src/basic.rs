@@ -300,8 +300,11 @@ impl Replica for BasicPaxos {
                 }
                 self.core.request_catch_up(from);
             }
-            Message::InstallSnapshot { snapshot } => {
-                if self.core.on_install_snapshot(from, *snapshot) {
+            Message::SnapshotPartRequest { through_slot, offset } => {
+                self.core.on_snapshot_part_request(from, through_slot, offset)
+            }
+            Message::SnapshotPart { through_slot, offset, total, bytes } => {
+                if self.core.on_snapshot_part(from, through_slot, offset, total, bytes) {
                     // Instances for slots the snapshot covers are decided: retry their values.
                     self.retire_decided();
                     self.flush();

@@ -97,6 +97,11 @@ pub struct Cluster {
     pub dropped: u64,
     /// How storage behaves.
     pub storage_faults: StorageFaults,
+    /// If set, a message whose wire encoding is longer is dropped, as a
+    /// transport drops a frame above its limit (`None`: any size goes).
+    pub frame_bytes_max: Option<usize>,
+    /// Messages dropped for being longer than `frame_bytes_max`.
+    pub oversize_dropped: u64,
     /// Faults injected so far.
     pub fault_counts: FaultCounts,
     pending_writes: Vec<VecDeque<PendingWrite>>,
@@ -145,6 +150,8 @@ impl Cluster {
             delivered: 0,
             dropped: 0,
             storage_faults: StorageFaults::default(),
+            frame_bytes_max: None,
+            oversize_dropped: 0,
             fault_counts: FaultCounts::default(),
             pending_writes: (0..size).map(|_| VecDeque::new()).collect(),
             assert_agreement: true,
@@ -302,6 +309,11 @@ impl Cluster {
         if !self_message && self.rng.chance(self.faults.drop_per_million as u64, 1_000_000) {
             self.dropped += 1;
             self.fault_counts.lost += 1;
+            return true;
+        }
+        if self.frame_bytes_max.is_some_and(|max| crate::wire::encode(envelope.from, &envelope.message).len() > max) {
+            self.dropped += 1;
+            self.oversize_dropped += 1;
             return true;
         }
         if !self_message && self.rng.chance(self.faults.duplicate_per_million as u64, 1_000_000) {

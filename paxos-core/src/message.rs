@@ -227,11 +227,27 @@ pub enum Message {
         /// Chosen values.
         values: Vec<Value>,
     },
-    /// The sender compacted the slots a catch-up asked for: here is its snapshot
-    /// instead. The receiver installs it and asks for the slots after it.
-    InstallSnapshot {
-        /// The snapshot.
-        snapshot: Box<crate::storage::Snapshot>,
+    /// The sender compacted the slots a catch-up asked for: here is part of its
+    /// snapshot instead, `bytes` of its postcard encoding from `offset` on. A
+    /// snapshot goes in parts of at most [`crate::Config::message_bytes_max`],
+    /// each asked for with a [`Message::SnapshotPartRequest`]; the receiver
+    /// installs it once it holds all `total` bytes, then asks for the slots after it.
+    SnapshotPart {
+        /// The last slot the snapshot covers: which snapshot this is part of.
+        through_slot: Slot,
+        /// Where `bytes` start in the encoding.
+        offset: u64,
+        /// Bytes of the whole encoding.
+        total: u64,
+        /// The part.
+        bytes: Vec<u8>,
+    },
+    /// "Send me the part of your snapshot through `through_slot` that starts at `offset`."
+    SnapshotPartRequest {
+        /// The snapshot the parts so far came from.
+        through_slot: Slot,
+        /// Bytes of it received so far.
+        offset: u64,
     },
     /// A follower passes client commands on to the leader it knows.
     Forward {
@@ -251,8 +267,9 @@ impl Message {
             }
             Message::Chosen { value, .. } => value.encoded_bytes_bound(),
             Message::Forward { commands } => commands.iter().map(Command::encoded_bytes_bound).sum(),
-            Message::InstallSnapshot { snapshot } => snapshot.encoded_bytes_bound(),
+            Message::SnapshotPart { bytes, .. } => bytes.len(),
             Message::Prepare { .. }
+            | Message::SnapshotPartRequest { .. }
             | Message::Accepted { .. }
             | Message::Nack { .. }
             | Message::Commit { .. }
@@ -273,7 +290,8 @@ impl Message {
             Message::Chosen { .. } => "chosen",
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::CatchUp { .. } => "catch-up",
-            Message::InstallSnapshot { .. } => "install-snapshot",
+            Message::SnapshotPart { .. } => "snapshot-part",
+            Message::SnapshotPartRequest { .. } => "snapshot-part-request",
             Message::Forward { .. } => "forward",
         }
     }
@@ -353,7 +371,13 @@ mod tests {
             Message::Chosen { slot: u64::MAX, value: value.clone() },
             Message::CatchUpRequest { from_slot: u64::MAX },
             Message::CatchUp { first_slot: u64::MAX, values: vec![value.clone(), value] },
-            Message::InstallSnapshot { snapshot: Box::new(snapshot) },
+            Message::SnapshotPart {
+                through_slot: u64::MAX,
+                offset: u64::MAX,
+                total: u64::MAX,
+                bytes: postcard::to_allocvec(&snapshot).unwrap(),
+            },
+            Message::SnapshotPartRequest { through_slot: u64::MAX, offset: u64::MAX },
             Message::Forward { commands: vec![big.clone(), big] },
         ];
         for message in &messages {

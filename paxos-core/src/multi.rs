@@ -641,8 +641,11 @@ impl Replica for MultiPaxos {
                 self.step_down_if_overtaken(first_slot, &values);
                 self.core.on_catch_up(from, first_slot, values)
             }
-            Message::InstallSnapshot { snapshot } => {
-                if self.core.on_install_snapshot(from, *snapshot) {
+            Message::SnapshotPartRequest { through_slot, offset } => {
+                self.core.on_snapshot_part_request(from, through_slot, offset)
+            }
+            Message::SnapshotPart { through_slot, offset, total, bytes } => {
+                if self.core.on_snapshot_part(from, through_slot, offset, total, bytes) {
                     if let Some(own) = self.own_ballot() {
                         // We were behind; let an up-to-date replica lead.
                         self.step_down(own);

@@ -9,7 +9,7 @@ use crate::ballot::NodeId;
 use crate::message::Message;
 
 /// The format version this build writes and the only one it reads.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// The largest encoded message accepted by default; transports may lower it.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;

@@ -323,3 +323,53 @@ fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
         assert_eq!(cluster.replica(3).unwrap().status().next_index, cluster.replica(1).unwrap().status().next_index);
     }
 }
+
+/// A snapshot larger than a message goes in parts, each asked for in turn, and
+/// arrives whole under loss, duplication and reordering: with 4 KiB messages,
+/// 100 KiB of application state takes at least 25 parts. A snapshot sent whole
+/// would be larger than any message the transports carry, and dropped every time.
+#[test]
+fn a_snapshot_larger_than_a_message_goes_in_parts() {
+    let state: Vec<u8> = (0..100 << 10).map(|byte: u32| (byte % 251) as u8).collect();
+    for protocol in [Protocol::Multi, Protocol::Basic] {
+        let mut cluster = Cluster::with_config(3, protocol, 21, |config| config.message_bytes_max = 4 << 10);
+        cluster.crash(3);
+        for sequence in 1..=20 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        assert!(cluster.run_until(50_000, 20, |cluster| all_applied(cluster, &[1, 2], 20)), "{protocol:?}");
+        for node in [1, 2] {
+            let through = cluster.replica(node).unwrap().learner().applied_through();
+            cluster.compact(node, through, state.clone()).unwrap();
+        }
+        cluster.faults = Faults { drop_per_million: 100_000, duplicate_per_million: 100_000, reorder: true };
+        // A transport's frame limit: what does not fit is lost, as on the wire.
+        cluster.frame_bytes_max = Some(8 << 10);
+        cluster.restart(3);
+        for sequence in 21..=24 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        let caught_up = cluster.run_until(400_000, 20, |cluster| {
+            cluster.replica(3).unwrap().status().next_index >= 24 && all_applied(cluster, &[1, 2], 24)
+        });
+        assert!(caught_up, "{protocol:?}: node 3 caught up through the snapshot");
+        let installed: Vec<&Vec<u8>> = cluster
+            .events(3)
+            .iter()
+            .filter_map(|event| match event {
+                paxos_core::Event::SnapshotInstalled(snapshot) => Some(&snapshot.data),
+                _ => None,
+            })
+            .collect();
+        assert!(!installed.is_empty(), "{protocol:?}: node 3 installed no snapshot");
+        assert!(installed.iter().all(|data| **data == state), "{protocol:?}: the state arrived altered");
+        assert_eq!(
+            cluster.durable(3).snapshot.as_ref().map(|snapshot| &snapshot.data),
+            Some(&state),
+            "{protocol:?}: node 3 keeps the snapshot durably"
+        );
+        assert_eq!(cluster.replica(3).unwrap().status().next_index, cluster.replica(1).unwrap().status().next_index);
+        assert!(cluster.dropped > 0, "{protocol:?}: the test dropped nothing");
+        assert_eq!(cluster.oversize_dropped, 0, "{protocol:?}: a message outgrew the frame limit");
+    }
+}
