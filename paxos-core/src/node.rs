@@ -906,7 +906,9 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             Request::Events { events } => self.event_watchers.push(events),
             Request::Compact { through_slot, data, reply } => {
                 let compacted = self.replica.compact(through_slot, data);
-                if compacted.is_ok() {
+                if compacted.is_ok() && through_slot == self.replica.learner().applied_through() {
+                    // Only a compaction of everything applied empties the count;
+                    // after one of an older slot, the slots past it are still held.
                     self.applied_bytes = 0;
                 }
                 let _ = reply.send(compacted);

@@ -576,6 +576,40 @@ fn appends_go_on_while_a_checkpoint_is_written() {
     assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
 }
 
+/// A checkpoint that cannot be written (here a directory holds its temporary
+/// name) leaves the log live: appends go on, the failure is counted, and once
+/// the way is clear a later try goes through. A reopen sees the exact replay.
+#[test]
+fn a_failed_checkpoint_leaves_the_log_live_and_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FileOptions { log_bytes_max: 16 << 10, ..FileOptions::default() };
+    let storage = FileStorage::open(dir.path(), options.clone()).unwrap();
+    let blocker = dir.path().join("wal-0000000000000001.log.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut batches = Vec::new();
+    let mut slot = 0;
+    let mut append_until = |done: &dyn Fn(&FileStats) -> bool, what: &str| {
+        for _ in 0..2000 {
+            if done(&storage.stats()) {
+                return;
+            }
+            slot += 1;
+            let batch = vec![StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 256) }];
+            block_on(storage.append(&batch)).unwrap();
+            batches.push(batch);
+        }
+        panic!("2,000 appends and {what}: {:?}", storage.stats());
+    };
+    append_until(&|stats| stats.checkpoint_failures > 0, "no checkpoint failed");
+    let stats = storage.stats();
+    assert_eq!((stats.checkpoints, stats.generation), (0, 0), "{stats:?}");
+    std::fs::remove_dir(&blocker).unwrap();
+    append_until(&|stats| stats.checkpoints > 0, "no checkpoint after the way was cleared");
+    assert_eq!(storage.stats().generation, 1);
+    drop(storage);
+    assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
+}
+
 /// Checkpoints with preallocation: every generation is preallocated in steps of
 /// `preallocate_bytes`, never more than one step ahead of its records, the old
 /// generations go, and a reopen sees the exact replay.

@@ -134,6 +134,12 @@ struct Counted<W> {
 
 impl<W: Write> Write for Counted<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes + buf.len() as u64 > u64::from(u32::MAX) {
+            // Stop at once rather than write gigabytes that can never be a record.
+            let error = std::io::Error::other("the checkpoint is more than a record can hold (4 GiB)");
+            self.failure.get_or_insert(error);
+            return Err(std::io::ErrorKind::Other.into());
+        }
         match self.inner.write(buf) {
             Ok(written) => {
                 self.crc = crc32c::crc32c_append(self.crc, &buf[..written]);

@@ -231,6 +231,10 @@ pub struct FileStats {
     /// writer, which holds appends back meanwhile; rounds keep that part to
     /// about `bytes_per_sync_max`.
     pub checkpoint_tail_rounds: u64,
+    /// Checkpoints that failed before replacing the log, since open (a full
+    /// disk, say). The log goes on in the current file; the next try waits for
+    /// another `log_bytes_max` of records (or the checkpoint's size if larger).
+    pub checkpoint_failures: u64,
     /// The live log file's generation.
     pub generation: u64,
     /// The live log file's size in bytes up to the end of its last record (the
@@ -253,7 +257,8 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// Crash-safe storage in a directory. See the [module docs](self) for the layout.
 ///
 /// Opening holds an exclusive lock on the directory until the storage is dropped;
-/// dropping waits for the writer thread to finish the group it is writing.
+/// dropping waits for the writer thread to finish the group it is writing, and
+/// for a checkpoint being written to be finished and installed.
 ///
 /// ```
 /// # futures::executor::block_on(async {

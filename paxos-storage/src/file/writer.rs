@@ -10,8 +10,8 @@
 //! recovery reads as the clean end of the log.
 
 use std::fs::File;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -56,21 +56,33 @@ pub(crate) struct Writer {
     buffer: Vec<u8>,
     /// The checkpoint being written on another thread, if any.
     pending: Option<PendingCheckpoint>,
+    /// No checkpoint starts before the live file reaches this size: after one
+    /// failed, the next waits for another `records_bytes_max` of records.
+    checkpoint_not_before: u64,
 }
 
 /// A checkpoint of the next generation that a thread of its own is writing, and
-/// the records appended to the live file since the state it holds was taken.
+/// how far the records the live file took since are carried after it.
 struct PendingCheckpoint {
     generation: u64,
-    /// Writes the temporary file (the checkpoint, or records carried after it) and syncs it.
-    thread: JoinHandle<std::io::Result<Written>>,
-    /// Every record written to the live file since what `thread` writes, in
-    /// order: what the new file needs after it to hold everything the old one does.
-    tail: Vec<u8>,
-    /// Bytes of records the thread carries or carried after the checkpoint.
-    carried: u64,
+    /// Writes the temporary file (the checkpoint, or records carried after it)
+    /// and syncs it; `None` once joined. Dropping a pending checkpoint joins it,
+    /// so no thread outlives the writer (and the directory lock).
+    thread: Option<JoinHandle<std::io::Result<Written>>>,
+    /// Where the records after the checkpoint's state start in the live file.
+    tail_from: u64,
+    /// Up to where the live file's records are in the new file once `thread` is done.
+    carried_to: u64,
     /// Rounds that carried records in the background so far.
     rounds: u32,
+}
+
+impl Drop for PendingCheckpoint {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A synced temporary log file of the next generation.
@@ -118,6 +130,7 @@ impl Writer {
             shared,
             buffer: Vec::new(),
             pending: None,
+            checkpoint_not_before: 0,
         }
     }
 
@@ -197,9 +210,6 @@ impl Writer {
         self.reserve(self.buffer.len() as u64)?;
         self.file.write_all(&self.buffer)?;
         self.file.sync_data()?;
-        if let Some(pending) = &mut self.pending {
-            pending.tail.extend_from_slice(&self.buffer);
-        }
         self.file_bytes += self.buffer.len() as u64;
         self.allocated_bytes = self.allocated_bytes.max(self.file_bytes);
         // A rare huge group should not pin its buffer for the life of the storage.
@@ -220,7 +230,14 @@ impl Writer {
         if !self.preallocating || self.no_space_in_generation || end <= self.allocated_bytes {
             return Ok(());
         }
-        let end_max = self.checkpoint_bytes + self.records_bytes_max();
+        let end_max = if self.pending.is_some() {
+            // A checkpoint is being written; until it is installed this file
+            // stays live, and goes on being allocated a step at a time, each no
+            // larger than the records it was meant to hold.
+            end.saturating_add(self.options.preallocate_bytes.min(self.records_bytes_max()))
+        } else {
+            self.checkpoint_bytes + self.records_bytes_max()
+        };
         if end > end_max {
             // This record makes a checkpoint due, which replaces the file.
             return Ok(());
@@ -255,69 +272,87 @@ impl Writer {
     /// installs a checkpoint that thread has finished, and starts the next one
     /// when due.
     fn checkpoint_if_due(&mut self) {
-        if self.pending.as_ref().is_some_and(|pending| pending.thread.is_finished()) {
+        if self.pending.as_ref().is_some_and(|pending| pending.thread.as_ref().is_none_or(JoinHandle::is_finished)) {
             self.install_pending(false);
         }
         let records_bytes = self.file_bytes - self.checkpoint_bytes;
-        if self.pending.is_some() || records_bytes <= self.records_bytes_max() {
+        if self.pending.is_some()
+            || records_bytes <= self.records_bytes_max()
+            || self.file_bytes < self.checkpoint_not_before
+        {
             return;
         }
         let state = lock(&self.shared).state.clone();
         let generation = self.generation + 1;
         let dir = self.dir.clone();
-        let spawned = std::thread::Builder::new().name("paxos-file-checkpoint".to_string()).spawn(move || {
+        let spawned = spawn_checkpoint_thread(move || {
             let (file, temporary, bytes) = write_temporary_checkpoint(&dir, generation, &state)?;
             Ok(Written { file, temporary, checkpoint_bytes: bytes, file_bytes: bytes })
         });
         match spawned {
             Ok(thread) => {
-                self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new(), carried: 0, rounds: 0 })
+                let (tail_from, carried_to) = (self.file_bytes, self.file_bytes);
+                self.pending =
+                    Some(PendingCheckpoint { generation, thread: Some(thread), tail_from, carried_to, rounds: 0 })
             }
-            Err(source) => self.fail_checkpoint(generation, source),
+            Err(source) => self.checkpoint_failed_before_rename(generation, None, source),
         }
     }
 
-    /// Waits for the checkpoint thread. While the records appended since what it
-    /// wrote are more than one group's worth (`bytes_per_sync_max`), another
-    /// thread carries them into the new file, and appends go on (at most
-    /// [`CARRY_ROUNDS_MAX`] rounds, none at `close`). Then the writer carries the
-    /// rest itself, syncs, and makes the new file the live log: appends wait for
-    /// that last part only.
+    /// Waits for the checkpoint thread. While the live file's records not yet
+    /// carried into the new file are more than one group's worth
+    /// (`bytes_per_sync_max`), another thread copies them over, and appends go
+    /// on (at most [`CARRY_ROUNDS_MAX`] rounds, none at close). Then the writer
+    /// copies the rest itself, syncs, and makes the new file the live log:
+    /// appends wait for that last part only. Records are copied from the live
+    /// file, so memory stays constant however many there are.
     fn install_pending(&mut self, closing: bool) {
-        let Some(pending) = self.pending.take() else { return };
-        let PendingCheckpoint { generation, thread, tail, carried, rounds } = pending;
-        let written = thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the checkpoint thread panicked")));
+        let Some(mut pending) = self.pending.take() else { return };
+        let generation = pending.generation;
+        let joined = pending.thread.take().map(|thread| thread.join());
+        let written = match joined {
+            Some(Ok(written)) => written,
+            Some(Err(_)) => Err(std::io::Error::other("the checkpoint thread panicked")),
+            None => Err(std::io::Error::other("the checkpoint thread was already joined")),
+        };
         let Written { mut file, temporary, checkpoint_bytes, file_bytes } = match written {
             Ok(written) => written,
-            Err(source) => return self.fail_checkpoint(generation, source),
+            Err(source) => {
+                let temporary = self.dir.join(format!("{}.tmp", super::log_name(generation)));
+                return self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
+            }
         };
-        let tail_bytes = tail.len() as u64;
-        if !closing && tail_bytes > self.options.bytes_per_sync_max && rounds < CARRY_ROUNDS_MAX {
-            let spawned = std::thread::Builder::new().name("paxos-file-checkpoint".to_string()).spawn(move || {
-                file.write_all(&tail)?;
+        let (from, to) = (pending.carried_to, self.file_bytes);
+        if !closing && to - from > self.options.bytes_per_sync_max && pending.rounds < CARRY_ROUNDS_MAX {
+            let live = self.path.clone();
+            let spawned = spawn_checkpoint_thread(move || {
+                carry(&live, from, to, &mut file)?;
                 file.sync_data()?;
-                Ok(Written { file, temporary, checkpoint_bytes, file_bytes: file_bytes + tail_bytes })
+                Ok(Written { file, temporary, checkpoint_bytes, file_bytes: file_bytes + (to - from) })
             });
             match spawned {
                 Ok(thread) => {
-                    let carried = carried + tail_bytes;
-                    let rounds = rounds + 1;
-                    self.pending = Some(PendingCheckpoint { generation, thread, tail: Vec::new(), carried, rounds });
+                    pending.thread = Some(thread);
+                    pending.carried_to = to;
+                    pending.rounds += 1;
+                    self.pending = Some(pending);
                 }
-                Err(source) => self.fail_checkpoint(generation, source),
+                Err(source) => {
+                    let temporary = self.dir.join(format!("{}.tmp", super::log_name(generation)));
+                    self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
+                }
             }
             return;
         }
-        let installed = file
-            .write_all(&tail)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| install_checkpoint(&self.dir, generation, &temporary));
-        match installed {
+        if let Err(source) = carry(&self.path, from, to, &mut file).and_then(|()| file.sync_all()) {
+            return self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
+        }
+        match install_checkpoint(&self.dir, generation, &temporary) {
             Ok(path) => {
                 let old = std::mem::replace(&mut self.path, path);
                 self.file = file;
                 self.generation = generation;
-                self.file_bytes = file_bytes + tail_bytes;
+                self.file_bytes = file_bytes + (to - from);
                 // The new file ends at its last record; `reserve` allocates more
                 // when the next record needs it.
                 self.allocated_bytes = self.file_bytes;
@@ -328,33 +363,68 @@ impl Writer {
                 let _ = std::fs::remove_file(old);
                 let mut shared = lock(&self.shared);
                 shared.stats.checkpoints += 1;
-                shared.stats.checkpoint_tail_bytes += carried + tail_bytes;
-                shared.stats.checkpoint_tail_rounds += u64::from(rounds);
+                shared.stats.checkpoint_tail_bytes += to - pending.tail_from;
+                shared.stats.checkpoint_tail_rounds += u64::from(pending.rounds);
                 shared.stats.generation = generation;
                 shared.stats.log_bytes = self.file_bytes;
             }
-            Err(source) => self.fail_checkpoint(generation, source),
+            Err(source) => {
+                // The rename may or may not have happened, so appending to the old
+                // file could write where recovery never looks: stop writing.
+                let path = self.dir.join(super::log_name(generation));
+                lock(&self.shared).failure.get_or_insert_with(|| (path, Arc::new(source)));
+            }
         }
     }
 
-    /// A checkpoint failed. The rename may or may not have happened, so appending
-    /// to the old file could write where recovery never looks: stop writing.
-    fn fail_checkpoint(&mut self, generation: u64, source: std::io::Error) {
-        let path = self.dir.join(super::log_name(generation));
-        lock(&self.shared).failure.get_or_insert_with(|| (path, Arc::new(source)));
+    /// A checkpoint failed before its file got its name: the live log is whole
+    /// and stays live. Says so, removes what was written, and waits for another
+    /// `records_bytes_max` of records before trying again (a full disk is not
+    /// asked again at every group).
+    fn checkpoint_failed_before_rename(&mut self, generation: u64, temporary: Option<&Path>, source: std::io::Error) {
+        tracing::warn!(
+            dir = %self.dir.display(),
+            generation,
+            error = %source,
+            "writing a checkpoint failed; the log goes on in the current file, and the checkpoint is tried again later"
+        );
+        if let Some(temporary) = temporary {
+            let _ = std::fs::remove_file(temporary);
+        }
+        self.checkpoint_not_before = self.file_bytes + self.records_bytes_max();
+        lock(&self.shared).stats.checkpoint_failures += 1;
     }
 
     /// At close, a checkpoint still being written is finished and installed if
-    /// the log is sound, so no thread outlives the storage (and its directory
-    /// lock); after a failure it is left as a temporary file, which the next open
-    /// removes.
+    /// the log is sound; after a failure it is left as a temporary file, which
+    /// the next open removes. Either way its thread is joined.
     fn finish_checkpoint_at_close(&mut self) {
         if lock(&self.shared).failure.is_none() {
             self.install_pending(true);
-        } else if let Some(pending) = self.pending.take() {
-            let _ = pending.thread.join();
         }
+        self.pending = None;
     }
+}
+
+/// Starts a thread that writes a checkpoint or carries records into one.
+fn spawn_checkpoint_thread(
+    work: impl FnOnce() -> std::io::Result<Written> + Send + 'static,
+) -> std::io::Result<JoinHandle<std::io::Result<Written>>> {
+    std::thread::Builder::new().name("paxos-file-checkpoint".to_string()).spawn(work)
+}
+
+/// Appends bytes `from..to` of the log file `live` to `file`, at its end.
+fn carry(live: &Path, from: u64, to: u64, file: &mut File) -> std::io::Result<()> {
+    let mut source = File::open(live)?;
+    source.seek(SeekFrom::Start(from))?;
+    let copied = std::io::copy(&mut source.take(to - from), file)?;
+    if copied != to - from {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the live log ends {} bytes before its last record", to - from - copied),
+        ));
+    }
+    Ok(())
 }
 
 /// What became of a preallocation request.
