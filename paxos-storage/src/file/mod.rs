@@ -330,11 +330,16 @@ fn write_temporary_checkpoint(
     generation: u64,
     state: &DurableState,
 ) -> std::io::Result<(File, PathBuf, u64)> {
-    let temporary = dir.join(format!("{}.tmp", log_name(generation)));
+    let temporary = temporary_path(dir, generation);
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temporary)?;
     let bytes = format::write_checkpoint_file(&mut file, state)?;
     file.sync_all()?;
     Ok((file, temporary, bytes))
+}
+
+/// Where the log file of `generation` is written before it gets its name.
+fn temporary_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{}.tmp", log_name(generation)))
 }
 
 /// Gives a synced temporary log file of `generation` its name, durably; returns the new path.

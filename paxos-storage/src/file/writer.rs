@@ -19,7 +19,9 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use paxos_core::StorageOp;
 
-use super::{format, install_checkpoint, lock, write_temporary_checkpoint, FileError, FileOptions, Shared};
+use super::{
+    format, install_checkpoint, lock, temporary_path, write_temporary_checkpoint, FileError, FileOptions, Shared,
+};
 
 /// One `append` call waiting for durability.
 pub(crate) struct Request {
@@ -295,7 +297,7 @@ impl Writer {
                 self.pending =
                     Some(PendingCheckpoint { generation, thread: Some(thread), tail_from, carried_to, rounds: 0 })
             }
-            Err(source) => self.checkpoint_failed_before_rename(generation, None, source),
+            Err(source) => self.checkpoint_failed_before_rename(generation, source),
         }
     }
 
@@ -318,8 +320,7 @@ impl Writer {
         let Written { mut file, temporary, checkpoint_bytes, file_bytes } = match written {
             Ok(written) => written,
             Err(source) => {
-                let temporary = self.dir.join(format!("{}.tmp", super::log_name(generation)));
-                return self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
+                return self.checkpoint_failed_before_rename(generation, source);
             }
         };
         let (from, to) = (pending.carried_to, self.file_bytes);
@@ -337,15 +338,12 @@ impl Writer {
                     pending.rounds += 1;
                     self.pending = Some(pending);
                 }
-                Err(source) => {
-                    let temporary = self.dir.join(format!("{}.tmp", super::log_name(generation)));
-                    self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
-                }
+                Err(source) => self.checkpoint_failed_before_rename(generation, source),
             }
             return;
         }
         if let Err(source) = carry(&self.path, from, to, &mut file).and_then(|()| file.sync_all()) {
-            return self.checkpoint_failed_before_rename(generation, Some(&temporary), source);
+            return self.checkpoint_failed_before_rename(generation, source);
         }
         match install_checkpoint(&self.dir, generation, &temporary) {
             Ok(path) => {
@@ -381,16 +379,14 @@ impl Writer {
     /// and stays live. Says so, removes what was written, and waits for another
     /// `records_bytes_max` of records before trying again (a full disk is not
     /// asked again at every group).
-    fn checkpoint_failed_before_rename(&mut self, generation: u64, temporary: Option<&Path>, source: std::io::Error) {
+    fn checkpoint_failed_before_rename(&mut self, generation: u64, source: std::io::Error) {
         tracing::warn!(
             dir = %self.dir.display(),
             generation,
             error = %source,
             "writing a checkpoint failed; the log goes on in the current file, and the checkpoint is tried again later"
         );
-        if let Some(temporary) = temporary {
-            let _ = std::fs::remove_file(temporary);
-        }
+        let _ = std::fs::remove_file(temporary_path(&self.dir, generation));
         self.checkpoint_not_before = self.file_bytes + self.records_bytes_max();
         lock(&self.shared).stats.checkpoint_failures += 1;
     }
