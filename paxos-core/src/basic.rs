@@ -300,11 +300,9 @@ impl Replica for BasicPaxos {
                 }
                 self.core.request_catch_up(from);
             }
-            Message::SnapshotPartRequest { through_slot, offset } => {
-                self.core.on_snapshot_part_request(from, through_slot, offset)
-            }
-            Message::SnapshotPart { through_slot, offset, total, bytes } => {
-                if self.core.on_snapshot_part(from, through_slot, offset, total, bytes) {
+            Message::SnapshotPartRequest { id, offset } => self.core.on_snapshot_part_request(from, id, offset),
+            Message::SnapshotPart { id, offset, total, bytes } => {
+                if self.core.on_snapshot_part(from, id, offset, total, bytes) {
                     // Instances for slots the snapshot covers are decided: retry their values.
                     self.retire_decided();
                     self.flush();
@@ -320,6 +318,7 @@ impl Replica for BasicPaxos {
 
     fn tick(&mut self) {
         self.core.ticks += 1;
+        self.core.forget_idle_snapshot_encodings();
         let ticks = self.core.ticks;
         let mut resend = Vec::new();
         for instance in self.instances.values_mut() {

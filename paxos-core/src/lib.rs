@@ -53,6 +53,7 @@ pub mod proposer;
 mod replica;
 pub mod rng;
 pub mod slots;
+pub mod snapshot_transfer;
 pub mod storage;
 pub mod transport;
 pub mod wire;

@@ -233,8 +233,8 @@ pub enum Message {
     /// each asked for with a [`Message::SnapshotPartRequest`]; the receiver
     /// installs it once it holds all `total` bytes, then asks for the slots after it.
     SnapshotPart {
-        /// The last slot the snapshot covers: which snapshot this is part of.
-        through_slot: Slot,
+        /// Which encoding of which snapshot this is part of.
+        id: crate::snapshot_transfer::SnapshotId,
         /// Where `bytes` start in the encoding.
         offset: u64,
         /// Bytes of the whole encoding.
@@ -242,10 +242,10 @@ pub enum Message {
         /// The part.
         bytes: Vec<u8>,
     },
-    /// "Send me the part of your snapshot through `through_slot` that starts at `offset`."
+    /// "Send me the part of snapshot encoding `id` that starts at `offset`."
     SnapshotPartRequest {
-        /// The snapshot the parts so far came from.
-        through_slot: Slot,
+        /// The encoding the parts so far came from.
+        id: crate::snapshot_transfer::SnapshotId,
         /// Bytes of it received so far.
         offset: u64,
     },
@@ -372,12 +372,15 @@ mod tests {
             Message::CatchUpRequest { from_slot: u64::MAX },
             Message::CatchUp { first_slot: u64::MAX, values: vec![value.clone(), value] },
             Message::SnapshotPart {
-                through_slot: u64::MAX,
+                id: crate::snapshot_transfer::SnapshotId { through_slot: u64::MAX, digest: u64::MAX },
                 offset: u64::MAX,
                 total: u64::MAX,
                 bytes: postcard::to_allocvec(&snapshot).unwrap(),
             },
-            Message::SnapshotPartRequest { through_slot: u64::MAX, offset: u64::MAX },
+            Message::SnapshotPartRequest {
+                id: crate::snapshot_transfer::SnapshotId { through_slot: u64::MAX, digest: u64::MAX },
+                offset: u64::MAX,
+            },
             Message::Forward { commands: vec![big.clone(), big] },
         ];
         for message in &messages {

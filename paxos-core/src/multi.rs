@@ -641,11 +641,9 @@ impl Replica for MultiPaxos {
                 self.step_down_if_overtaken(first_slot, &values);
                 self.core.on_catch_up(from, first_slot, values)
             }
-            Message::SnapshotPartRequest { through_slot, offset } => {
-                self.core.on_snapshot_part_request(from, through_slot, offset)
-            }
-            Message::SnapshotPart { through_slot, offset, total, bytes } => {
-                if self.core.on_snapshot_part(from, through_slot, offset, total, bytes) {
+            Message::SnapshotPartRequest { id, offset } => self.core.on_snapshot_part_request(from, id, offset),
+            Message::SnapshotPart { id, offset, total, bytes } => {
+                if self.core.on_snapshot_part(from, id, offset, total, bytes) {
                     if let Some(own) = self.own_ballot() {
                         // We were behind; let an up-to-date replica lead.
                         self.step_down(own);
@@ -658,6 +656,7 @@ impl Replica for MultiPaxos {
 
     fn tick(&mut self) {
         self.core.ticks += 1;
+        self.core.forget_idle_snapshot_encodings();
         match &self.state {
             State::Leader(_) => self.leader_tick(),
             State::Candidate { sent_at, .. } => {

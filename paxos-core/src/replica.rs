@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
 use crate::message::{message_prefix, AcceptedEntry, Command, Message, PrepareScope, Value};
 use crate::rng::Rng;
+use crate::snapshot_transfer::{self, SnapshotId, Taken};
 use crate::storage::{DurableState, Snapshot, StorageOp};
 
 /// Why a proposal was not taken. Each variant says what the caller does next.
@@ -166,22 +167,10 @@ pub(crate) struct Core {
     pub catch_up_sent_at: Option<u64>,
     /// The latest snapshot, standing for the compacted prefix.
     pub snapshot: Option<Snapshot>,
-    /// The encoding of `snapshot`, made when a peer first asks for it, and the
-    /// slot it runs through (which names one snapshot: each covers more).
-    snapshot_encoded: Option<(Slot, Vec<u8>)>,
+    /// The encodings of our snapshots that peers are taking in parts.
+    snapshot_sender: snapshot_transfer::Sender,
     /// A peer's snapshot arriving in parts.
-    incoming_snapshot: Option<IncomingSnapshot>,
-}
-
-/// A peer's snapshot, as far as its parts have come.
-#[derive(Debug)]
-struct IncomingSnapshot {
-    from: NodeId,
-    through_slot: Slot,
-    total: u64,
-    bytes: Vec<u8>,
-    /// When the last part came.
-    heard_at: u64,
+    snapshot_receiver: snapshot_transfer::Receiver,
 }
 
 impl Core {
@@ -200,8 +189,8 @@ impl Core {
             known_chosen_through: 0,
             catch_up_sent_at: None,
             snapshot: durable.snapshot.clone(),
-            snapshot_encoded: None,
-            incoming_snapshot: None,
+            snapshot_sender: snapshot_transfer::Sender::default(),
+            snapshot_receiver: snapshot_transfer::Receiver::new(4 * config.retransmit_ticks),
             config,
         };
         if let Some(snapshot) = &durable.snapshot {
@@ -422,11 +411,9 @@ impl Core {
             }
         }
         self.catch_up_sent_at = Some(self.ticks);
-        self.drop_outrun_snapshot();
-        if let Some(incoming) = self.incoming_snapshot.as_ref().filter(|incoming| incoming.from == peer) {
+        if let Some(request) = self.snapshot_receiver.resume(peer, self.learner.applied_through(), self.ticks) {
             // A snapshot from this peer is under way: ask again for its next part.
-            let (through_slot, offset) = (incoming.through_slot, incoming.bytes.len() as u64);
-            self.actions.send(peer, Message::SnapshotPartRequest { through_slot, offset });
+            self.actions.send(peer, request);
             return;
         }
         tracing::debug!(node = self.id(), peer, from_slot = self.learner.applied_through() + 1, "catch-up requested");
@@ -435,7 +422,7 @@ impl Core {
 
     pub fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
         if self.snapshot.as_ref().is_some_and(|snapshot| from_slot <= snapshot.through_slot) {
-            self.send_snapshot_part(from, 0);
+            self.send_newest_snapshot(from);
             return;
         }
         let mut values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max, &self.acceptor);
@@ -485,122 +472,65 @@ impl Core {
         Ok(())
     }
 
-    /// Sends `to` the part of this replica's snapshot that starts at `offset`:
-    /// at most `message_bytes_max` bytes of its encoding, at least one.
-    fn send_snapshot_part(&mut self, to: NodeId, offset: u64) {
+    /// Most bytes of a snapshot part, so the message keeps to `message_bytes_max`.
+    fn snapshot_part_max(&self) -> usize {
+        self.config.message_bytes_max.saturating_sub(snapshot_transfer::PART_OVERHEAD_BYTES).max(1)
+    }
+
+    /// Sends `to` the first part of this replica's newest snapshot.
+    fn send_newest_snapshot(&mut self, to: NodeId) {
+        let part_max = self.snapshot_part_max();
         let Some(snapshot) = &self.snapshot else { return };
         let through_slot = snapshot.through_slot;
-        if self.snapshot_encoded.as_ref().is_none_or(|(through, _)| *through != through_slot) {
-            match postcard::to_allocvec(snapshot) {
-                Ok(encoded) => self.snapshot_encoded = Some((through_slot, encoded)),
-                Err(error) => {
-                    tracing::error!(node = self.id(), through_slot, %error, "could not encode the snapshot");
-                    return;
-                }
-            }
+        if let Some(part) = self.snapshot_sender.part_of_newest(snapshot, 0, part_max, self.ticks) {
+            tracing::debug!(node = self.id(), peer = to, through_slot, "sending snapshot");
+            self.actions.send(to, part);
         }
-        let Some((_, encoded)) = &self.snapshot_encoded else { unreachable!("encoded above") };
-        let total = encoded.len() as u64;
-        if offset >= total {
-            return;
-        }
-        // What a part carries besides its bytes: a tag and three varints.
-        const PART_OVERHEAD_BYTES: usize = 32;
-        let part_max = self.config.message_bytes_max.saturating_sub(PART_OVERHEAD_BYTES).max(1);
-        let start = offset as usize;
-        let bytes = encoded[start..encoded.len().min(start + part_max)].to_vec();
-        if offset == 0 {
-            tracing::debug!(node = self.id(), peer = to, through_slot, bytes = total, "sending snapshot");
-        }
-        self.actions.send(to, Message::SnapshotPart { through_slot, offset, total, bytes });
     }
 
-    /// Forgets a snapshot still arriving once the log has passed it by other means (catch-up).
-    fn drop_outrun_snapshot(&mut self) {
+    /// A peer asks for the next part of a snapshot: sends it while that encoding
+    /// is served, else the first part of our newest snapshot if it covers as
+    /// much (the peer starts over with it). A peer that asks for more than we
+    /// have gives up on us after a while and asks another.
+    pub fn on_snapshot_part_request(&mut self, from: NodeId, id: SnapshotId, offset: u64) {
+        let part_max = self.snapshot_part_max();
+        if let Some(part) = self.snapshot_sender.part_of(id, offset, part_max, self.ticks) {
+            self.actions.send(from, part);
+        } else if self.snapshot.as_ref().is_some_and(|snapshot| snapshot.through_slot >= id.through_slot) {
+            self.send_newest_snapshot(from);
+        }
+    }
+
+    /// Takes a part of a peer's snapshot (see [`snapshot_transfer::Receiver::take`]):
+    /// asks for the next part, or installs the whole. Returns whether a snapshot
+    /// was installed.
+    pub fn on_snapshot_part(&mut self, from: NodeId, id: SnapshotId, offset: u64, total: u64, bytes: Vec<u8>) -> bool {
         let applied = self.learner.applied_through();
-        if self.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.through_slot <= applied) {
-            self.incoming_snapshot = None;
-        }
-    }
-
-    /// A peer asks for the next part of a snapshot: sends it if that snapshot is
-    /// still ours, or the first part of ours if ours is newer.
-    pub fn on_snapshot_part_request(&mut self, from: NodeId, through_slot: Slot, offset: u64) {
-        match self.snapshot.as_ref().map(|snapshot| snapshot.through_slot) {
-            Some(ours) if ours == through_slot => self.send_snapshot_part(from, offset),
-            Some(ours) if ours > through_slot => self.send_snapshot_part(from, 0),
-            _ => {}
-        }
-    }
-
-    /// Takes a part of a peer's snapshot. Parts are taken in order from one peer
-    /// at a time; a first part from another peer takes over only for a newer
-    /// snapshot or once the current sender has been silent for four
-    /// retransmission intervals. The last part installs the snapshot; any other
-    /// asks for the next. Returns whether a snapshot was installed.
-    pub fn on_snapshot_part(
-        &mut self,
-        from: NodeId,
-        through_slot: Slot,
-        offset: u64,
-        total: u64,
-        bytes: Vec<u8>,
-    ) -> bool {
-        self.drop_outrun_snapshot();
-        if through_slot <= self.learner.applied_through() {
+        self.snapshot_receiver.forget_outrun(applied);
+        if id.through_slot <= applied {
             return false;
         }
         let ticks = self.ticks;
-        let stale_after = 4 * self.config.retransmit_ticks;
-        let continues = self
-            .incoming_snapshot
-            .as_ref()
-            .is_some_and(|incoming| incoming.from == from && incoming.through_slot == through_slot);
-        if !continues {
-            let takes_over = offset == 0
-                && self.incoming_snapshot.as_ref().is_none_or(|incoming| {
-                    through_slot > incoming.through_slot || ticks >= incoming.heard_at + stale_after
-                });
-            if !takes_over {
-                return false;
-            }
-            self.incoming_snapshot =
-                Some(IncomingSnapshot { from, through_slot, total, bytes: Vec::new(), heard_at: ticks });
-        }
-        let Some(incoming) = self.incoming_snapshot.as_mut() else { unreachable!("set above") };
-        let received = incoming.bytes.len() as u64;
-        if offset != received || total != incoming.total || bytes.is_empty() || received + bytes.len() as u64 > total {
-            // A copy of a part already taken, or one that does not fit: ignored.
-            return false;
-        }
-        incoming.bytes.extend_from_slice(&bytes);
-        incoming.heard_at = ticks;
-        if (incoming.bytes.len() as u64) < total {
-            let offset = incoming.bytes.len() as u64;
-            self.catch_up_sent_at = Some(ticks);
-            self.actions.send(from, Message::SnapshotPartRequest { through_slot, offset });
-            return false;
-        }
-        let Some(incoming) = self.incoming_snapshot.take() else { unreachable!("set above") };
-        match postcard::take_from_bytes::<Snapshot>(&incoming.bytes) {
-            Ok((snapshot, [])) if snapshot.through_slot == through_slot => self.on_install_snapshot(from, snapshot),
-            Ok((snapshot, rest)) => {
-                let (found, trailing) = (snapshot.through_slot, rest.len());
-                tracing::warn!(
-                    node = self.id(),
-                    peer = from,
-                    through_slot,
-                    found,
-                    trailing,
-                    "dropped a snapshot that does not match its parts (other slots, or bytes after it)"
-                );
+        match self.snapshot_receiver.take(from, id, offset, total, &bytes, ticks) {
+            Taken::Ignored => false,
+            Taken::Next(request) => {
+                self.catch_up_sent_at = Some(ticks);
+                self.actions.send(from, request);
                 false
             }
-            Err(error) => {
-                tracing::warn!(node = self.id(), peer = from, through_slot, %error, "dropped a snapshot that does not decode");
+            Taken::Whole(snapshot) => self.on_install_snapshot(from, *snapshot),
+            Taken::Refused(reason) => {
+                let through_slot = id.through_slot;
+                tracing::warn!(node = self.id(), peer = from, through_slot, %reason, "dropped a snapshot");
                 false
             }
         }
+    }
+
+    /// Drops the snapshot encodings no peer asked a part of for a while.
+    pub fn forget_idle_snapshot_encodings(&mut self) {
+        // A transfer asks at least every retransmission; one idle for sixteen is over.
+        self.snapshot_sender.forget_idle(self.ticks, 16 * self.config.retransmit_ticks);
     }
 
     /// Installs a peer's snapshot if it is ahead of us. Returns whether it was.

@@ -594,7 +594,9 @@ fn a_failed_checkpoint_leaves_the_log_live_and_is_tried_again() {
                 return;
             }
             slot += 1;
-            let batch = vec![StorageOp::Accept { slot, ballot: Ballot::new(2, 1), value: value(slot, 256) }];
+            // The live state stays small (a compaction every 50 slots), so each
+            // generation's record budget is log_bytes_max.
+            let batch = compacting_batch(slot);
             block_on(storage.append(&batch)).unwrap();
             batches.push(batch);
         }
@@ -606,6 +608,22 @@ fn a_failed_checkpoint_leaves_the_log_live_and_is_tried_again() {
     std::fs::remove_dir(&blocker).unwrap();
     append_until(&|stats| stats.checkpoints > 0, "no checkpoint after the way was cleared");
     assert_eq!(storage.stats().generation, 1);
+    // The wait after the failure is over: generation 1 is replaced on the usual
+    // schedule, once its records pass the larger of log_bytes_max and its checkpoint.
+    let installed_at = storage.stats().log_bytes;
+    let largest = std::cell::Cell::new(installed_at);
+    append_until(
+        &|stats| {
+            if stats.generation == 1 {
+                largest.set(largest.get().max(stats.log_bytes));
+            }
+            stats.checkpoints > 1
+        },
+        "no second checkpoint",
+    );
+    let largest = largest.get();
+    let bound = installed_at + installed_at.max(options.log_bytes_max) + 2048;
+    assert!(largest <= bound, "generation 1 grew to {largest} bytes, past {bound}");
     drop(storage);
     assert_eq!(block_on(FileStorage::open(dir.path(), options).unwrap().load()).unwrap(), replay(&batches));
 }

@@ -232,10 +232,10 @@ impl Writer {
         if !self.preallocating || self.no_space_in_generation || end <= self.allocated_bytes {
             return Ok(());
         }
-        let end_max = if self.pending.is_some() {
-            // A checkpoint is being written; until it is installed this file
-            // stays live, and goes on being allocated a step at a time, each no
-            // larger than the records it was meant to hold.
+        let end_max = if self.pending.is_some() || self.checkpoint_not_before > 0 {
+            // A checkpoint is being written, or the last one failed; until one is
+            // installed this file stays live, and goes on being allocated a step
+            // at a time, each no larger than the records it was meant to hold.
             end.saturating_add(self.options.preallocate_bytes.min(self.records_bytes_max()))
         } else {
             self.checkpoint_bytes + self.records_bytes_max()
@@ -355,6 +355,7 @@ impl Writer {
                 // when the next record needs it.
                 self.allocated_bytes = self.file_bytes;
                 self.no_space_in_generation = false;
+                self.checkpoint_not_before = 0;
                 self.checkpoint_bytes = checkpoint_bytes;
                 // If this removal is lost in a crash, recovery removes the old
                 // generation, since the new one is complete and higher.

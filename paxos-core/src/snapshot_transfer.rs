@@ -1,0 +1,359 @@
+//! A snapshot sent to a lagging replica in parts, and taken in.
+//!
+//! The sender encodes its snapshot once and serves parts of that encoding, each
+//! asked for in turn ([`Message::SnapshotPartRequest`]), so no message is larger
+//! than [`crate::Config::message_bytes_max`]. Parts name their encoding by a
+//! [`SnapshotId`] (the slot it runs through and a digest of its bytes): a sender
+//! that compacts again keeps serving the encoding a transfer started with, and a
+//! receiver never joins parts of two encodings, even of the same slot (a sender
+//! that crashed before its compaction was durable may compact that slot again,
+//! with other client windows). The receiver takes parts in order from one sender
+//! at a time, checks the digest of the whole, and gives up on a sender that has
+//! gone silent, so the next catch-up request starts over with whoever answers.
+
+use std::hash::Hasher;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ballot::{NodeId, Slot};
+use crate::message::Message;
+use crate::storage::Snapshot;
+
+/// Which encoding of which snapshot a part belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotId {
+    /// The last slot the snapshot covers.
+    pub through_slot: Slot,
+    /// A digest of the whole encoding (FxHash, 64 bits): tells two encodings of
+    /// one slot apart, and catches a whole that was put together wrong.
+    pub digest: u64,
+}
+
+/// The digest a [`SnapshotId`] carries.
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(bytes);
+    hasher.write_usize(bytes.len());
+    hasher.finish()
+}
+
+/// Bytes a part carries besides its own: the message tag, the id, the offset,
+/// the total and the length of the bytes, each at most a 10-byte varint.
+pub const PART_OVERHEAD_BYTES: usize = 64;
+
+/// Encodings a sender keeps serving: the newest, and the one before it, which a
+/// transfer that started before the last compaction is still taking.
+const ENCODINGS_KEPT: usize = 2;
+
+/// An encoding being served.
+#[derive(Debug)]
+struct Encoding {
+    id: SnapshotId,
+    bytes: Vec<u8>,
+    /// When a part of it was last sent.
+    served_at: u64,
+}
+
+/// The sending side: the encodings this replica serves parts of.
+#[derive(Debug, Default)]
+pub struct Sender {
+    encodings: Vec<Encoding>,
+}
+
+impl Sender {
+    /// The part of `snapshot` (this replica's newest) from `offset`, encoding it
+    /// first if no transfer has asked for it yet. `None` past its end.
+    pub fn part_of_newest(&mut self, snapshot: &Snapshot, offset: u64, part_max: usize, ticks: u64) -> Option<Message> {
+        let through_slot = snapshot.through_slot;
+        if !self.encodings.iter().any(|encoding| encoding.id.through_slot == through_slot) {
+            let bytes = match postcard::to_allocvec(snapshot) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(through_slot, %error, "could not encode the snapshot");
+                    return None;
+                }
+            };
+            if self.encodings.len() >= ENCODINGS_KEPT {
+                // The one served longest ago goes.
+                let oldest = self.encodings.iter().enumerate().min_by_key(|(_, encoding)| encoding.served_at);
+                let position = oldest.map(|(position, _)| position).expect("at least one encoding");
+                self.encodings.swap_remove(position);
+            }
+            let id = SnapshotId { through_slot, digest: digest(&bytes) };
+            self.encodings.push(Encoding { id, bytes, served_at: ticks });
+        }
+        let encoding = self.encodings.iter_mut().find(|encoding| encoding.id.through_slot == through_slot)?;
+        Self::part(encoding, offset, part_max, ticks)
+    }
+
+    /// The part of encoding `id` from `offset`, if it is still served.
+    pub fn part_of(&mut self, id: SnapshotId, offset: u64, part_max: usize, ticks: u64) -> Option<Message> {
+        let encoding = self.encodings.iter_mut().find(|encoding| encoding.id == id)?;
+        Self::part(encoding, offset, part_max, ticks)
+    }
+
+    fn part(encoding: &mut Encoding, offset: u64, part_max: usize, ticks: u64) -> Option<Message> {
+        let total = encoding.bytes.len();
+        let start = usize::try_from(offset).ok().filter(|start| *start < total)?;
+        let end = start.saturating_add(part_max.max(1)).min(total);
+        encoding.served_at = ticks;
+        let bytes = encoding.bytes[start..end].to_vec();
+        Some(Message::SnapshotPart { id: encoding.id, offset, total: total as u64, bytes })
+    }
+
+    /// Drops the encodings no part was asked of since `idle_after` ticks: a
+    /// transfer that still wants one asks at least every retransmission.
+    pub fn forget_idle(&mut self, ticks: u64, idle_after: u64) {
+        if !self.encodings.is_empty() {
+            self.encodings.retain(|encoding| ticks < encoding.served_at + idle_after);
+        }
+    }
+
+    /// Bytes of encodings held.
+    pub fn bytes_held(&self) -> usize {
+        self.encodings.iter().map(|encoding| encoding.bytes.len()).sum()
+    }
+}
+
+/// A snapshot arriving, as far as its parts have come.
+#[derive(Debug)]
+struct Incoming {
+    from: NodeId,
+    id: SnapshotId,
+    total: u64,
+    bytes: Vec<u8>,
+    /// When the last part came.
+    heard_at: u64,
+}
+
+/// What became of a part.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A copy of a part already taken, a part of another transfer, or one that
+    /// does not fit: nothing changed.
+    Ignored,
+    /// Taken; ask the sender for the next part with this request.
+    Next(Message),
+    /// The last part: here is the whole snapshot.
+    Whole(Box<Snapshot>),
+    /// The last part, but the whole does not match its digest or does not
+    /// decode; dropped, and the reason.
+    Refused(String),
+}
+
+/// Most bytes reserved at the start of a transfer: a snapshot larger than this
+/// grows its buffer as parts come, rather than trusting a peer's total.
+const RESERVE_BYTES_MAX: u64 = 64 << 20;
+
+/// The receiving side: at most one snapshot arriving.
+#[derive(Debug)]
+pub struct Receiver {
+    incoming: Option<Incoming>,
+    /// Ticks without a part after which a sender is given up on.
+    stale_after: u64,
+}
+
+impl Receiver {
+    /// A receiver that gives up on a sender silent for `stale_after` ticks.
+    pub fn new(stale_after: u64) -> Receiver {
+        Receiver { incoming: None, stale_after }
+    }
+
+    /// Takes a part from `from`. A first part starts a transfer when none is
+    /// under way, when it is of a newer snapshot, when it comes from the current
+    /// sender with another encoding (the sender's is all that it can serve), or
+    /// when the current sender has been silent for `stale_after` ticks.
+    pub fn take(&mut self, from: NodeId, id: SnapshotId, offset: u64, total: u64, bytes: &[u8], ticks: u64) -> Taken {
+        let stale_after = self.stale_after;
+        let continues = self.incoming.as_ref().is_some_and(|incoming| incoming.from == from && incoming.id == id);
+        if !continues {
+            let starts = offset == 0
+                && self.incoming.as_ref().is_none_or(|incoming| {
+                    id.through_slot > incoming.id.through_slot
+                        || incoming.from == from
+                        || ticks >= incoming.heard_at + stale_after
+                });
+            if !starts {
+                return Taken::Ignored;
+            }
+            let reserve = total.min(RESERVE_BYTES_MAX) as usize;
+            self.incoming = Some(Incoming { from, id, total, bytes: Vec::with_capacity(reserve), heard_at: ticks });
+        }
+        let Some(incoming) = self.incoming.as_mut() else { unreachable!("set above") };
+        let received = incoming.bytes.len() as u64;
+        if offset != received || total != incoming.total || bytes.is_empty() || received + bytes.len() as u64 > total {
+            return Taken::Ignored;
+        }
+        incoming.bytes.extend_from_slice(bytes);
+        incoming.heard_at = ticks;
+        let received = incoming.bytes.len() as u64;
+        if received < total {
+            return Taken::Next(Message::SnapshotPartRequest { id, offset: received });
+        }
+        let Some(incoming) = self.incoming.take() else { unreachable!("set above") };
+        if digest(&incoming.bytes) != id.digest {
+            return Taken::Refused("its bytes do not match their digest".to_string());
+        }
+        match postcard::take_from_bytes::<Snapshot>(&incoming.bytes) {
+            Ok((snapshot, [])) if snapshot.through_slot == id.through_slot => Taken::Whole(Box::new(snapshot)),
+            Ok((snapshot, rest)) => Taken::Refused(format!(
+                "it covers slots through {} where its parts said {}, with {} bytes after it",
+                snapshot.through_slot,
+                id.through_slot,
+                rest.len()
+            )),
+            Err(error) => Taken::Refused(format!("it does not decode: {error}")),
+        }
+    }
+
+    /// The request to send `peer` again if a transfer from it is under way and
+    /// not stale; forgets a transfer that is stale or that `applied_through`
+    /// has passed (the log caught up by other means).
+    pub fn resume(&mut self, peer: NodeId, applied_through: Slot, ticks: u64) -> Option<Message> {
+        let incoming = self.incoming.as_ref()?;
+        if incoming.id.through_slot <= applied_through || ticks >= incoming.heard_at + self.stale_after {
+            self.incoming = None;
+            return None;
+        }
+        if incoming.from != peer {
+            return None;
+        }
+        Some(Message::SnapshotPartRequest { id: incoming.id, offset: incoming.bytes.len() as u64 })
+    }
+
+    /// Forgets a transfer that `applied_through` has passed.
+    pub fn forget_outrun(&mut self, applied_through: Slot) {
+        if self.incoming.as_ref().is_some_and(|incoming| incoming.id.through_slot <= applied_through) {
+            self.incoming = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(through_slot: Slot, data_bytes: usize, fill: u8) -> Snapshot {
+        Snapshot { through_slot, data: vec![fill; data_bytes], ..Snapshot::default() }
+    }
+
+    /// Runs a transfer to the end: every part the receiver asks for, in order.
+    fn transfer(sender: &mut Sender, receiver: &mut Receiver, newest: &Snapshot, part_max: usize) -> Taken {
+        let mut message = sender.part_of_newest(newest, 0, part_max, 0);
+        for _ in 0..10_000 {
+            let Some(Message::SnapshotPart { id, offset, total, bytes }) = message else { panic!("{message:?}") };
+            match receiver.take(1, id, offset, total, &bytes, 0) {
+                Taken::Next(Message::SnapshotPartRequest { id, offset }) => {
+                    message = sender.part_of(id, offset, part_max, 0);
+                }
+                other => return other,
+            }
+        }
+        panic!("no end to the transfer")
+    }
+
+    #[test]
+    fn a_snapshot_arrives_whole_in_parts_of_at_most_the_budget() {
+        let newest = snapshot(40, 10_000, 7);
+        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
+        let part = sender.part_of_newest(&newest, 0, 1000, 0).unwrap();
+        assert!(matches!(&part, Message::SnapshotPart { bytes, .. } if bytes.len() == 1000));
+        assert_eq!(transfer(&mut sender, &mut receiver, &newest, 1000), Taken::Whole(Box::new(newest)));
+    }
+
+    /// The sender compacts again mid-transfer: the transfer goes on with the
+    /// encoding it started with, and the next starts with the newest.
+    #[test]
+    fn a_transfer_survives_a_compaction_at_the_sender() {
+        let older = snapshot(40, 5000, 1);
+        let newer = snapshot(80, 5000, 2);
+        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
+        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&older, 0, 1000, 0) else {
+            panic!()
+        };
+        let Taken::Next(Message::SnapshotPartRequest { id, offset: next }) =
+            receiver.take(1, id, offset, total, &bytes, 0)
+        else {
+            panic!()
+        };
+        // The sender compacts and serves its newest to someone else meanwhile.
+        assert!(sender.part_of_newest(&newer, 0, 1000, 0).is_some());
+        let mut message = sender.part_of(id, next, 1000, 0);
+        let whole = loop {
+            let Some(Message::SnapshotPart { id, offset, total, bytes }) = message else { panic!("{message:?}") };
+            match receiver.take(1, id, offset, total, &bytes, 0) {
+                Taken::Next(Message::SnapshotPartRequest { id, offset }) => {
+                    message = sender.part_of(id, offset, 1000, 0)
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(whole, Taken::Whole(Box::new(older)));
+        assert_eq!(sender.encodings.len(), 2);
+    }
+
+    /// Two encodings of one slot are never joined: a part of the other one is
+    /// ignored mid-transfer, and its first part from the same sender starts over.
+    #[test]
+    fn parts_of_two_encodings_of_one_slot_are_never_joined() {
+        let first = snapshot(40, 3000, 1);
+        let second = snapshot(40, 3000, 2);
+        let (mut first_sender, mut second_sender) = (Sender::default(), Sender::default());
+        let mut receiver = Receiver::new(10);
+        let Some(Message::SnapshotPart { id, offset, total, bytes }) = first_sender.part_of_newest(&first, 0, 1000, 0)
+        else {
+            panic!()
+        };
+        assert!(matches!(receiver.take(1, id, offset, total, &bytes, 0), Taken::Next(_)));
+        let Some(Message::SnapshotPart { id: second_id, total, .. }) =
+            second_sender.part_of_newest(&second, 0, 1000, 0)
+        else {
+            panic!()
+        };
+        assert_ne!(id, second_id, "one slot, two encodings, two ids");
+        let Some(Message::SnapshotPart { bytes, .. }) = second_sender.part_of(second_id, 1000, 1000, 0) else {
+            panic!()
+        };
+        assert_eq!(receiver.take(1, second_id, 1000, total, &bytes, 0), Taken::Ignored);
+        assert_eq!(transfer(&mut second_sender, &mut receiver, &second, 1000), Taken::Whole(Box::new(second)));
+    }
+
+    /// A silent sender is given up on: `resume` stops asking it, and another
+    /// sender's first part starts over, while before that it is ignored.
+    #[test]
+    fn a_silent_sender_is_given_up_on() {
+        let newest = snapshot(40, 3000, 1);
+        let mut sender = Sender::default();
+        let mut receiver = Receiver::new(10);
+        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&newest, 0, 1000, 0)
+        else {
+            panic!()
+        };
+        assert!(matches!(receiver.take(1, id, offset, total, &bytes, 0), Taken::Next(_)));
+        assert!(matches!(receiver.resume(1, 0, 5), Some(Message::SnapshotPartRequest { offset: 1000, .. })));
+        assert_eq!(receiver.resume(2, 0, 5), None, "only the sender is asked for its parts");
+        assert_eq!(receiver.take(2, id, 0, total, &bytes, 5), Taken::Ignored, "not stale yet");
+        assert_eq!(receiver.resume(1, 0, 10), None, "stale: given up");
+        assert!(matches!(receiver.take(2, id, 0, total, &bytes, 11), Taken::Next(_)));
+    }
+
+    #[test]
+    fn a_whole_that_does_not_match_its_digest_is_refused() {
+        let newest = snapshot(40, 100, 1);
+        let bytes = postcard::to_allocvec(&newest).unwrap();
+        let id = SnapshotId { through_slot: 40, digest: digest(&bytes) ^ 1 };
+        let mut receiver = Receiver::new(10);
+        let taken = receiver.take(1, id, 0, bytes.len() as u64, &bytes, 0);
+        assert!(matches!(taken, Taken::Refused(reason) if reason.contains("digest")));
+    }
+
+    #[test]
+    fn idle_encodings_are_forgotten() {
+        let mut sender = Sender::default();
+        sender.part_of_newest(&snapshot(40, 100, 1), 0, 1000, 0).unwrap();
+        sender.forget_idle(5, 10);
+        assert!(sender.bytes_held() > 0);
+        sender.forget_idle(10, 10);
+        assert_eq!(sender.bytes_held(), 0);
+    }
+}
