@@ -27,7 +27,7 @@ use crate::actions::Actions;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::learner::Learner;
-use crate::message::{Command, Message, PrepareScope, Value};
+use crate::message::{Command, CommandId, Message, PrepareScope, Value};
 use crate::proposer::Proposer;
 use crate::replica::{CompactError, Core, ProposeError, Replica, Role, Status};
 use crate::storage::{DurableState, Snapshot};
@@ -427,6 +427,14 @@ impl Replica for BasicPaxos {
 
     fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError> {
         self.core.compact(through_slot, data)
+    }
+
+    fn for_each_held_command(&self, held: &mut dyn FnMut(CommandId)) {
+        self.queue.iter().for_each(|command| held(command.id));
+        // An instance that loses its slot puts its own commands back in the queue.
+        for instance in self.instances.values().filter(|instance| !instance.hole_fill) {
+            instance.proposer.own_value().commands().iter().for_each(|command| held(command.id));
+        }
     }
 
     fn snapshot(&self) -> Option<&Snapshot> {

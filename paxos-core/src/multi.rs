@@ -17,7 +17,7 @@ use crate::actions::{Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::learner::{AcceptTally, Learner};
-use crate::message::{message_prefix, AcceptedEntry, Command, Message, PrepareScope, Value};
+use crate::message::{message_prefix, AcceptedEntry, Command, CommandId, Message, PrepareScope, Value};
 use crate::proposer::PromiseTally;
 use crate::replica::{CompactError, Core, ProposeError, Replica, Role, Status};
 use crate::slots::SlotMap;
@@ -762,6 +762,18 @@ impl Replica for MultiPaxos {
             leadership.in_flight.discard_below(through_slot + 1);
         }
         Ok(())
+    }
+
+    fn for_each_held_command(&self, held: &mut dyn FnMut(CommandId)) {
+        self.queue.iter().for_each(|command| held(command.id));
+        if let State::Leader(leadership) = &self.state {
+            // The leader's own acceptor holds every value it proposed and has not applied.
+            for slot in self.core.learner.applied_through() + 1..leadership.next_slot {
+                if let Some((_, value)) = self.core.acceptor.accepted(slot) {
+                    value.commands().iter().for_each(|command| held(command.id));
+                }
+            }
+        }
     }
 
     fn snapshot(&self) -> Option<&Snapshot> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{FusedFuture, FutureExt};
 use futures::{SinkExt, StreamExt};
+use rustc_hash::FxHashSet;
 
 use crate::actions::{Actions, Decided, Event, PersistThen};
 use crate::ballot::{NodeId, Slot};
@@ -985,8 +986,13 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
     }
 
     /// Proposes again the commands this node still waits for: all of them when
-    /// `all`, else those waiting longer than an election timeout. A command the
-    /// replica refuses keeps waiting for the next chance, within `add`'s timeout.
+    /// `all`, else those waiting longer than an election timeout, except the
+    /// ones the replica still holds (queued or in a slot it proposed): offered
+    /// again, each would only take another slot as a copy, and under a load the
+    /// replica cannot serve within the timeout, copies took most of the slots
+    /// (Basic Paxos, batching off, 1024 in flight, 50 ms timeout: 52,000 copies
+    /// in 2 s, 1.8k commands/s against 14-20k without). A command the replica
+    /// refuses keeps waiting for the next chance, within `add`'s timeout.
     /// Commands nobody waits for any more (timed out, failed, caller gone) are forgotten.
     fn resubmit(&mut self, all: bool) {
         let submissions = &self.submissions;
@@ -1000,6 +1006,15 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
                 waiting.command.clone()
             })
             .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut held = FxHashSet::default();
+        self.replica.for_each_held_command(&mut |id| {
+            held.insert(id);
+        });
+        let mut due = due;
+        due.retain(|command| !held.contains(&command.id));
         if due.is_empty() {
             return;
         }

@@ -9,7 +9,7 @@ use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError, Protocol};
 use crate::learner::Learner;
-use crate::message::{message_prefix, AcceptedEntry, Command, Message, PrepareScope, Value};
+use crate::message::{message_prefix, AcceptedEntry, Command, CommandId, Message, PrepareScope, Value};
 use crate::rng::Rng;
 use crate::snapshot_transfer::{self, SnapshotId, Taken};
 use crate::storage::{DurableState, Snapshot, StorageOp};
@@ -129,6 +129,12 @@ pub trait Replica: Send + std::fmt::Debug {
     fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError>;
     /// The latest snapshot, if the log was compacted.
     fn snapshot(&self) -> Option<&Snapshot>;
+    /// Calls `held` with the id of every command this replica holds and will
+    /// see chosen, or report in an [`Event::Dropped`], without being offered it
+    /// again: commands queued here, and those in slots it proposed that are not
+    /// chosen yet. A driver that offers waiting commands again after a timeout
+    /// skips these; proposing one again would only put a copy in another slot.
+    fn for_each_held_command(&self, held: &mut dyn FnMut(CommandId));
     /// Panics if an internal safety invariant does not hold (STYLE.md rule 7).
     fn check_invariants(&self);
 }

@@ -369,6 +369,48 @@ async fn auto_compaction_counts_bytes_when_commands_are_large() {
     driver.await.unwrap().unwrap();
 }
 
+/// A command the replica still holds is not proposed again when it waits past
+/// the resubmission timeout: a Basic Paxos node cut off from its peers for a
+/// dozen timeouts (batching off), then healed, puts each command in one slot only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_the_replica_holds_are_not_proposed_again_while_they_wait() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let mut config = Config::new(1, [1, 2, 3], Protocol::Basic);
+    config.batch_commands_max = 1;
+    let timeout = options().tick_interval * config.election_timeout_ticks as u32;
+    let (handle, driver) = Node::start_with(config, options(), network.join(1), storages[0].clone()).await.unwrap();
+    tokio::spawn(driver);
+    let mut peers = Vec::new();
+    for id in [2, 3] {
+        peers.push(start_node(Protocol::Basic, id, &network, storages[(id - 1) as usize].clone(), tokio_spawn).await);
+    }
+    network.isolate(1);
+    let waiting = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let adds = (1..=8).map(|sequence| handle.add(Command::new(1, sequence, vec![])));
+            futures::future::join_all(adds).await
+        })
+    };
+    tokio::time::sleep(timeout * 12).await;
+    network.heal();
+    for answer in waiting.await.unwrap() {
+        answer.unwrap();
+    }
+    assert!(applied_at_least(&handle, 8).await);
+    let mut copies = std::collections::BTreeMap::new();
+    for state in storages[0].snapshot().slots.values() {
+        if let Some((_, value)) = &state.accepted {
+            for command in value.commands() {
+                *copies.entry(command.id.sequence).or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(copies.len(), 8, "{copies:?}");
+    assert!(copies.values().all(|count| *count == 1), "commands proposed in more than one slot: {copies:?}");
+}
+
 /// A chosen record costs no sync of its own: it is written in front of the next
 /// write that must be durable (or at the next tick). A crash that loses it loses
 /// nothing: the restarted replica finds the slot accepted but not chosen and
