@@ -399,6 +399,11 @@ struct Waiting {
     target: Target,
     more_targets: Vec<Target>,
     proposed_at: u64,
+    /// Times it was offered again while not held by the replica: each doubles
+    /// the wait before the next (up to 4 timeouts), so a node whose commands a
+    /// busy leader holds (a follower forwarding them) sends fewer copies, and
+    /// one lost on the way is still offered again within 4 timeouts.
+    offers: u32,
 }
 
 impl Waiting {
@@ -862,7 +867,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
             let id = command.id;
             self.proposals.push(command.clone());
-            let waiting = Waiting { command, target, more_targets: Vec::new(), proposed_at: self.ticks };
+            let waiting = Waiting { command, target, more_targets: Vec::new(), proposed_at: self.ticks, offers: 0 };
             self.waiters.insert(id, waiting);
         }
         if self.live_submission(slot, serial).is_some() {
@@ -937,10 +942,14 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         // Events go with the decisions they came with, so a failed write below
         // cannot leave the application with the one and not the other.
         for event in actions.events {
-            if let Event::LeaderChanged { leader: Some(_), .. } = &event {
-                // Commands forwarded to a leader that is gone may be lost: offer
-                // them again. Their ids make a second copy harmless.
-                self.resubmit(true);
+            match &event {
+                Event::LeaderChanged { leader: Some(_), .. } => {
+                    // Commands forwarded to a leader that is gone may be lost: offer
+                    // them again. Their ids make a second copy harmless.
+                    self.resubmit(true);
+                }
+                Event::Dropped { ids, .. } => self.offer_dropped_soon(ids),
+                _ => {}
             }
             self.event_watchers.retain_mut(|watcher| watcher.try_send(event.clone()).is_ok());
         }
@@ -986,7 +995,8 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
     }
 
     /// Proposes again the commands this node still waits for: all of them when
-    /// `all`, else those waiting longer than an election timeout, except the
+    /// `all`, else those waiting longer than an election timeout (two, then four,
+    /// after each offer the replica did not keep; see `Waiting::offers`), except the
     /// ones the replica still holds (queued or in a slot it proposed): offered
     /// again, each would only take another slot as a copy, and under a load the
     /// replica cannot serve within the timeout, copies took most of the slots
@@ -997,30 +1007,49 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
     fn resubmit(&mut self, all: bool) {
         let submissions = &self.submissions;
         self.waiters.retain(|_, waiting| waiting.targets().any(|target| wanted(submissions, target)));
-        let due: Vec<Command> = self
+        let (ticks, timeout) = (self.ticks, self.resubmit_ticks);
+        let mut due: FxHashSet<CommandId> = self
             .waiters
-            .values_mut()
-            .filter(|waiting| all || self.ticks >= waiting.proposed_at + self.resubmit_ticks)
-            .map(|waiting| {
-                waiting.proposed_at = self.ticks;
-                waiting.command.clone()
-            })
+            .iter()
+            .filter(|(_, waiting)| all || ticks >= waiting.proposed_at + (timeout << waiting.offers.min(2)))
+            .map(|(id, _)| *id)
             .collect();
         if due.is_empty() {
             return;
         }
-        let mut held = FxHashSet::default();
+        // What the replica holds is not offered again; its timer starts over.
         self.replica.for_each_held_command(&mut |id| {
-            held.insert(id);
+            if due.remove(&id) {
+                if let Some(waiting) = self.waiters.get_mut(&id) {
+                    waiting.proposed_at = ticks;
+                }
+            }
         });
-        let mut due = due;
-        due.retain(|command| !held.contains(&command.id));
         if due.is_empty() {
             return;
         }
-        tracing::debug!(node = self.node_id, commands = due.len(), "resubmitting commands not yet chosen");
-        if let Err(error) = self.replica.propose(due) {
+        let mut offered = Vec::with_capacity(due.len());
+        for id in &due {
+            if let Some(waiting) = self.waiters.get_mut(id) {
+                waiting.proposed_at = ticks;
+                waiting.offers += 1;
+                offered.push(waiting.command.clone());
+            }
+        }
+        tracing::debug!(node = self.node_id, commands = offered.len(), "resubmitting commands not yet chosen");
+        if let Err(error) = self.replica.propose(offered) {
             tracing::debug!(node = self.node_id, %error, "resubmission refused; will retry");
+        }
+    }
+
+    /// Commands the replica dropped (`Event::Dropped`) are offered again at the
+    /// next tick rather than after their timer runs out.
+    fn offer_dropped_soon(&mut self, ids: &[CommandId]) {
+        for id in ids {
+            if let Some(waiting) = self.waiters.get_mut(id) {
+                waiting.proposed_at = self.ticks.saturating_sub(self.resubmit_ticks);
+                waiting.offers = 0;
+            }
         }
     }
 

@@ -129,11 +129,13 @@ pub trait Replica: Send + std::fmt::Debug {
     fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError>;
     /// The latest snapshot, if the log was compacted.
     fn snapshot(&self) -> Option<&Snapshot>;
-    /// Calls `held` with the id of every command this replica holds and will
-    /// see chosen, or report in an [`Event::Dropped`], without being offered it
-    /// again: commands queued here, and those in slots it proposed that are not
-    /// chosen yet. A driver that offers waiting commands again after a timeout
-    /// skips these; proposing one again would only put a copy in another slot.
+    /// Calls `held` with the id of every command this replica holds now:
+    /// commands queued here, and those in slots it proposed that are not chosen
+    /// yet. Proposing one of these again would only put a copy in another slot.
+    /// A command can stop being held without being chosen (a leader that steps
+    /// down lets go of its slots; some drops are reported in [`Event::Dropped`],
+    /// not all), so a driver that waits for a command checks again later and
+    /// offers it again once it is no longer held, as the node does at each timeout.
     fn for_each_held_command(&self, held: &mut dyn FnMut(CommandId));
     /// Panics if an internal safety invariant does not hold (STYLE.md rule 7).
     fn check_invariants(&self);
