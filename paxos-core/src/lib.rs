@@ -67,4 +67,4 @@ pub use multi::MultiPaxos;
 pub use node::{Node, NodeError, NodeHandle};
 pub use replica::{new_replica, CompactError, ProposeError, Replica, Role, Status};
 pub use storage::{AppliedSequences, ClientDedup, DurableState, SlotState, Snapshot, Storage, StorageOp};
-pub use transport::{OutboundQueue, Transport};
+pub use transport::{InboxBytes, OutboundQueue, Transport};

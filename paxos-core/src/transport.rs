@@ -211,11 +211,91 @@ impl OutboundQueue {
     }
 }
 
+/// Bounds the bytes of received messages waiting in a transport's inbox, as
+/// [`Message::encoded_bytes_bound`] counts them: a count of messages alone lets
+/// an inbox of large accepts or snapshot parts hold gigabytes. A reader takes
+/// room for each message before it queues it ([`InboxBytes::reserve`]), waiting
+/// while the inbox is full, so a fast peer's messages back up into its own
+/// bounded queue rather than into memory here; `recv` gives the room back
+/// ([`InboxBytes::release`]). A message larger than the whole bound still goes,
+/// alone. Runtime-neutral.
+#[derive(Debug)]
+pub struct InboxBytes {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+    released: event_listener::Event,
+}
+
+impl InboxBytes {
+    /// An empty inbox that holds at most `max` bytes of messages (and one larger message alone).
+    pub fn new(max: usize) -> InboxBytes {
+        InboxBytes { held: std::sync::atomic::AtomicUsize::new(0), max, released: event_listener::Event::new() }
+    }
+
+    /// Takes room for a message of `bytes`, waiting until the inbox has it (or is empty).
+    pub async fn reserve(&self, bytes: usize) {
+        loop {
+            if self.try_reserve(bytes) {
+                return;
+            }
+            let listener = self.released.listen();
+            // Room may have come between the try and the listen.
+            if self.try_reserve(bytes) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held.saturating_add(bytes) <= self.max).then(|| held.saturating_add(bytes))
+            })
+            .is_ok()
+    }
+
+    /// Takes room for a message of `bytes` without waiting, past the bound if
+    /// need be: for a node's messages to itself, which must not wait on its own `recv`.
+    pub fn add(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives back the room of a message taken out of the inbox (or never queued).
+    pub fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+        self.released.notify(usize::MAX);
+    }
+
+    /// Bytes of messages held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures::FutureExt;
 
     use super::*;
+
+    /// A reservation waits while the inbox is full and goes once room is given
+    /// back; a message larger than the bound goes alone into an empty inbox.
+    #[test]
+    fn inbox_bytes_hold_readers_back_until_room_is_given_back() {
+        let inbox = InboxBytes::new(100);
+        assert!(inbox.reserve(60).now_or_never().is_some());
+        let mut second = Box::pin(inbox.reserve(60));
+        assert!((&mut second).now_or_never().is_none(), "120 bytes would pass the bound of 100");
+        inbox.release(60);
+        futures::executor::block_on(second);
+        assert_eq!(inbox.held(), 60);
+        inbox.release(60);
+        assert!(inbox.reserve(500).now_or_never().is_some(), "an empty inbox takes a larger message alone");
+        assert!(inbox.reserve(1).now_or_never().is_none());
+        inbox.add(7);
+        assert_eq!(inbox.held(), 507, "a message to oneself never waits");
+    }
 
     fn probe(from_slot: u64) -> Message {
         Message::CatchUpRequest { from_slot }

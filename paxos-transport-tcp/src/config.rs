@@ -47,6 +47,11 @@ pub struct TcpConfig {
     /// Received messages waiting for `recv`; when full, reading from peers pauses
     /// (TCP flow control pushes back), so memory stays bounded.
     pub inbox_messages_max: usize,
+    /// Bytes of received messages waiting for `recv` (counted as
+    /// `Message::encoded_bytes_bound`), with the same rule: past it, reading
+    /// pauses. A count alone let an inbox of large messages hold gigabytes. A
+    /// single larger message still goes, alone. At least 1 KiB.
+    pub inbox_bytes_max: usize,
     /// How many queued bytes one coalesced write carries at most.
     pub write_batch_bytes_max: usize,
     /// Inbound connections open at once (authenticated or not); more are closed at once.
@@ -72,6 +77,7 @@ impl fmt::Debug for TcpConfig {
             .field("queue_messages_max", &self.queue_messages_max)
             .field("queue_bytes_max", &self.queue_bytes_max)
             .field("inbox_messages_max", &self.inbox_messages_max)
+            .field("inbox_bytes_max", &self.inbox_bytes_max)
             .field("write_batch_bytes_max", &self.write_batch_bytes_max)
             .field("inbound_connections_max", &self.inbound_connections_max)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -104,6 +110,7 @@ impl TcpConfig {
             queue_messages_max: 1024,
             queue_bytes_max: 64 << 20,
             inbox_messages_max: 4096,
+            inbox_bytes_max: 64 << 20,
             write_batch_bytes_max: 256 * 1024,
             inbound_connections_max: 64,
             handshake_timeout: Duration::from_secs(2),
@@ -123,6 +130,7 @@ impl TcpConfig {
         )?;
         check_queues(self.queue_messages_max, self.inbox_messages_max, self.inbound_connections_max)?;
         check_range("queue_bytes_max", self.queue_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
+        check_range("inbox_bytes_max", self.inbox_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
         check_range("write_batch_bytes_max", self.write_batch_bytes_max, 1, 64 << 20, "between 1 byte and 64 MiB")?;
         check_handshake_timeout(self.handshake_timeout)?;
         check_backoff(self.backoff_min, self.backoff_max)?;

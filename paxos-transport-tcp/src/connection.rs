@@ -20,7 +20,7 @@ use futures::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::SinkExt;
 use paxos_core::handshake::{Handshake, HandshakeError, HandshakeRules, Side, HELLO_BYTES, NONCE_BYTES, PROOF_BYTES};
 use paxos_core::wire::{self, WireError};
-use paxos_core::{Message, NodeId, OutboundQueue};
+use paxos_core::{InboxBytes, Message, NodeId, OutboundQueue};
 use tracing::{debug, warn};
 
 use crate::config::TcpConfig;
@@ -94,13 +94,18 @@ pub(crate) struct Counters {
     pub(crate) messages_oversized: AtomicU64,
 }
 
+/// A received message in the inbox, with its size as `InboxBytes` counts it.
+pub(crate) type Inboxed = (NodeId, Message, usize);
+
 /// State shared by the transport handle and its tasks.
 pub(crate) struct SharedState {
     pub(crate) config: TcpConfig,
     pub(crate) rules: HandshakeRules,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) queues: HashMap<NodeId, Arc<OutboundQueue>>,
-    pub(crate) inbox: mpsc::Sender<(NodeId, Message)>,
+    pub(crate) inbox: mpsc::Sender<Inboxed>,
+    /// Bytes of the messages in `inbox`, bounded by `inbox_bytes_max`.
+    pub(crate) inbox_bytes: InboxBytes,
     pub(crate) stop: StopSignal,
     pub(crate) counters: Counters,
     inbound_open: AtomicUsize,
@@ -114,7 +119,7 @@ impl SharedState {
         config: TcpConfig,
         rules: HandshakeRules,
         runtime: Arc<dyn Runtime>,
-        inbox: mpsc::Sender<(NodeId, Message)>,
+        inbox: mpsc::Sender<Inboxed>,
         stop: StopSignal,
     ) -> SharedState {
         let queues = config
@@ -126,10 +131,11 @@ impl SharedState {
             })
             .collect();
         SharedState {
-            config,
             rules,
             runtime,
             queues,
+            inbox_bytes: InboxBytes::new(config.inbox_bytes_max),
+            config,
             inbox,
             stop,
             counters: Counters::default(),
@@ -405,8 +411,12 @@ async fn read_messages(
             return ConnectionError::SenderMismatch { authenticated: peer, claimed: from };
         }
         shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
-        // A full inbox pauses this reader; TCP flow control then slows the peer.
-        if inbox.send((peer, message)).await.is_err() {
+        // A full inbox, in messages or bytes, pauses this reader; TCP flow
+        // control then slows the peer.
+        let bytes = message.encoded_bytes_bound();
+        shared.inbox_bytes.reserve(bytes).await;
+        if inbox.send((peer, message, bytes)).await.is_err() {
+            shared.inbox_bytes.release(bytes);
             return ConnectionError::TransportClosed;
         }
     }

@@ -115,7 +115,7 @@ pub struct TcpStats {
 /// A node's TCP endpoint. See the [crate docs](crate) for behaviour.
 pub struct TcpTransport {
     shared: Arc<SharedState>,
-    inbox: futures::lock::Mutex<mpsc::Receiver<(NodeId, Message)>>,
+    inbox: futures::lock::Mutex<mpsc::Receiver<connection::Inboxed>>,
     stop_sender: Mutex<Option<oneshot::Sender<()>>>,
     stop: StopSignal,
     closed: AtomicBool,
@@ -228,6 +228,11 @@ impl TcpTransport {
         }
     }
 
+    /// Bytes of received messages waiting for `recv`, as `inbox_bytes_max` counts them.
+    pub fn inbox_bytes(&self) -> usize {
+        self.shared.inbox_bytes.held()
+    }
+
     /// Messages waiting in each peer's outbound queue.
     pub fn queued(&self) -> HashMap<NodeId, usize> {
         self.shared.queues.iter().map(|(peer, queue)| (*peer, queue.len())).collect()
@@ -249,8 +254,13 @@ impl Transport for TcpTransport {
             return Err(TcpError::Closed);
         }
         if to == self.shared.config.node_id {
-            // Loopback to self: straight into the inbox, dropped if it is full.
-            let _ = self.shared.inbox.clone().try_send((to, message));
+            // Loopback to self: straight into the inbox, dropped if it is full
+            // in messages; never waits for room in bytes (only `recv` makes it).
+            let bytes = message.encoded_bytes_bound();
+            self.shared.inbox_bytes.add(bytes);
+            if self.shared.inbox.clone().try_send((to, message, bytes)).is_err() {
+                self.shared.inbox_bytes.release(bytes);
+            }
             return Ok(());
         }
         let queue = self.shared.queues.get(&to).ok_or(TcpError::UnknownPeer(to))?;
@@ -265,7 +275,10 @@ impl Transport for TcpTransport {
         // Cancel-safe: locking and `next` on the channel both lose nothing when dropped.
         let mut inbox = self.inbox.lock().await;
         match select(pin!(inbox.next()), self.stop.clone()).await {
-            Either::Left((Some(received), _)) => Ok(received),
+            Either::Left((Some((from, message, bytes)), _)) => {
+                self.shared.inbox_bytes.release(bytes);
+                Ok((from, message))
+            }
             Either::Left((None, _)) | Either::Right(_) => Err(TcpError::Closed),
         }
     }

@@ -79,6 +79,45 @@ async fn oversized_messages_are_dropped_at_the_sender(start: Start) {
     assert_eq!(second.stats().connections_refused, 0, "the receiver never saw it");
 }
 
+/// A receiver that does not call `recv` holds at most `inbox_bytes_max` (plus
+/// one message) of large messages: its readers pause, the rest wait at the
+/// sender, and once it reads, every message arrives, in order.
+async fn the_inbox_is_bounded_in_bytes_and_loses_nothing(start: Start) {
+    let (mut listeners, configs) = configs(|config| config.inbox_bytes_max = 64 << 10);
+    let second = start(configs[1].clone(), listeners.pop().unwrap()).unwrap();
+    let first = start(configs[0].clone(), listeners.pop().unwrap()).unwrap();
+    let large = |slot: u64| Message::CatchUp {
+        first_slot: slot,
+        values: vec![Value::Commands(std::sync::Arc::from(vec![Command::new(1, slot, vec![7; 16 << 10])]))],
+    };
+    let message_bytes = large(0).encoded_bytes_bound();
+    for slot in 0..64 {
+        first.send(2, large(slot)).unwrap();
+    }
+    // The first messages arrive and fill the inbox; the reader then waits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while second.inbox_bytes() < (64 << 10) - message_bytes && Instant::now() < deadline {
+        futures_timer::Delay::new(Duration::from_millis(5)).await;
+    }
+    futures_timer::Delay::new(Duration::from_millis(100)).await;
+    let held = second.inbox_bytes();
+    assert!(held >= (64 << 10) - message_bytes, "the inbox filled: {held} bytes");
+    assert!(held <= (64 << 10) + message_bytes, "{held} bytes held past the 64 KiB bound");
+    for slot in 0..64 {
+        let received =
+            futures::future::select(Box::pin(second.recv()), futures_timer::Delay::new(Duration::from_secs(5)));
+        match received.await {
+            futures::future::Either::Left((Ok((1, message)), _)) => assert_eq!(message, large(slot)),
+            futures::future::Either::Left((Ok((from, message)), _)) => {
+                panic!("message {slot}: a {} from {from}", message.kind())
+            }
+            futures::future::Either::Left((Err(error), _)) => panic!("message {slot}: {error}"),
+            futures::future::Either::Right(_) => panic!("message {slot} never came"),
+        }
+    }
+    assert_eq!(second.inbox_bytes(), 0);
+}
+
 async fn shutdown_stops_everything_and_frees_the_port(start: Start) {
     let (mut listeners, configs) = configs(|_| {});
     let second = start(configs[1].clone(), listeners.pop().unwrap()).unwrap();
@@ -131,6 +170,16 @@ async fn tokio_oversized_messages_are_dropped_at_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_shutdown_stops_everything_and_frees_the_port() {
     shutdown_stops_everything_and_frees_the_port(TcpTransport::start_tokio_on).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_the_inbox_is_bounded_in_bytes_and_loses_nothing() {
+    the_inbox_is_bounded_in_bytes_and_loses_nothing(TcpTransport::start_tokio_on).await;
+}
+
+#[test]
+fn smol_the_inbox_is_bounded_in_bytes_and_loses_nothing() {
+    smol::block_on(the_inbox_is_bounded_in_bytes_and_loses_nothing(TcpTransport::start_smol_on));
 }
 
 #[test]

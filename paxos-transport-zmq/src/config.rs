@@ -47,6 +47,11 @@ pub struct ZmqConfig {
     /// Received messages waiting for `recv`; when full the ROUTER stops reading
     /// (TCP flow control pushes back), so memory stays bounded.
     pub inbox_messages_max: usize,
+    /// Bytes of received messages waiting for `recv` (counted as
+    /// `Message::encoded_bytes_bound`), with the same rule: past it the ROUTER
+    /// stops reading. A count alone let an inbox of large messages hold
+    /// gigabytes. A single larger message still goes, alone. At least 1 KiB.
+    pub inbox_bytes_max: usize,
     /// How many queued messages one DEALER hands to zeromq before checking for
     /// replies and shutdown again.
     pub send_batch_messages_max: usize,
@@ -73,6 +78,7 @@ impl fmt::Debug for ZmqConfig {
             .field("queue_messages_max", &self.queue_messages_max)
             .field("queue_bytes_max", &self.queue_bytes_max)
             .field("inbox_messages_max", &self.inbox_messages_max)
+            .field("inbox_bytes_max", &self.inbox_bytes_max)
             .field("send_batch_messages_max", &self.send_batch_messages_max)
             .field("inbound_connections_max", &self.inbound_connections_max)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -105,6 +111,7 @@ impl ZmqConfig {
             queue_messages_max: 1024,
             queue_bytes_max: 64 << 20,
             inbox_messages_max: 4096,
+            inbox_bytes_max: 64 << 20,
             send_batch_messages_max: 64,
             inbound_connections_max: 64,
             handshake_timeout: Duration::from_secs(2),
@@ -124,6 +131,7 @@ impl ZmqConfig {
         )?;
         check_queues(self.queue_messages_max, self.inbox_messages_max, self.inbound_connections_max)?;
         check_range("queue_bytes_max", self.queue_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
+        check_range("inbox_bytes_max", self.inbox_bytes_max, 1024, usize::MAX, "at least 1 KiB")?;
         check_range("send_batch_messages_max", self.send_batch_messages_max, 1, 4096, "between 1 and 4096")?;
         check_handshake_timeout(self.handshake_timeout)?;
         check_backoff(self.backoff_min, self.backoff_max)?;

@@ -161,7 +161,7 @@ pub struct ZmqStats {
 /// A node's ZeroMQ endpoint. See the [crate docs](crate) for behaviour.
 pub struct ZmqTransport {
     shared: Arc<Shared>,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<(NodeId, Message)>>,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<shared::Inboxed>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     local_addr: SocketAddr,
@@ -269,6 +269,11 @@ impl ZmqTransport {
             messages_dropped_oversized: load(&counters.messages_dropped_oversized),
         }
     }
+
+    /// Bytes of received messages waiting for `recv`, as `inbox_bytes_max` counts them.
+    pub fn inbox_bytes(&self) -> usize {
+        self.shared.inbox_bytes.held()
+    }
 }
 
 impl Drop for ZmqTransport {
@@ -296,7 +301,9 @@ impl Transport for ZmqTransport {
         }
         // Both the lock and `mpsc::Receiver::recv` are cancel-safe.
         let mut inbox = self.inbox.lock().await;
-        inbox.recv().await.ok_or(ZmqTransportError::Closed)
+        let (from, message, bytes) = inbox.recv().await.ok_or(ZmqTransportError::Closed)?;
+        self.shared.inbox_bytes.release(bytes);
+        Ok((from, message))
     }
 }
 

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use paxos_core::handshake::{Handshake, Hello, Side};
-use paxos_core::{wire, Message, NodeId};
+use paxos_core::{wire, NodeId};
 use tokio::sync::mpsc;
 use zeromq::{RouterRecvHalf, RouterSendHalf, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::protocol::{
     parse_inbound, parse_routing_id, tokens_equal, Inbound, KIND_HELLO, KIND_PROOF, KIND_REFUSED, TOKEN_BYTES,
 };
-use crate::shared::{random_nonce, Counters, Shared};
+use crate::shared::{random_nonce, Counters, Inboxed, Shared};
 
 /// How long a reply may wait for room in a peer's zeromq queue before it is dropped.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(100);
@@ -36,13 +36,13 @@ struct Session {
 pub(crate) struct Router {
     shared: Arc<Shared>,
     sender: RouterSendHalf,
-    inbox: mpsc::Sender<(NodeId, Message)>,
+    inbox: mpsc::Sender<Inboxed>,
     /// Keyed by member id only (the hello is checked first), so bounded by the membership.
     sessions: HashMap<NodeId, Session>,
 }
 
 impl Router {
-    pub(crate) fn new(shared: Arc<Shared>, sender: RouterSendHalf, inbox: mpsc::Sender<(NodeId, Message)>) -> Router {
+    pub(crate) fn new(shared: Arc<Shared>, sender: RouterSendHalf, inbox: mpsc::Sender<Inboxed>) -> Router {
         Router { shared, sender, inbox, sessions: HashMap::new() }
     }
 
@@ -190,8 +190,15 @@ impl Router {
             }
             Ok((_, message)) => {
                 Counters::add(&counters.messages_received);
-                // A full inbox pauses this loop, and with it zeromq's reads: bounded memory.
-                self.inbox.send((node, message)).await.is_ok()
+                // A full inbox, in messages or bytes, pauses this loop, and with
+                // it zeromq's reads: bounded memory.
+                let bytes = message.encoded_bytes_bound();
+                self.shared.inbox_bytes.reserve(bytes).await;
+                let queued = self.inbox.send((node, message, bytes)).await.is_ok();
+                if !queued {
+                    self.shared.inbox_bytes.release(bytes);
+                }
+                queued
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paxos_core::handshake::{HandshakeRules, Nonce, NONCE_BYTES};
-use paxos_core::{NodeId, OutboundQueue};
+use paxos_core::{InboxBytes, Message, NodeId, OutboundQueue};
 
 use crate::config::ZmqConfig;
 
@@ -73,7 +73,12 @@ pub(crate) struct Shared {
     pub(crate) queues: HashMap<NodeId, Arc<OutboundQueue>>,
     pub(crate) counters: Counters,
     pub(crate) warnings: WarnLimiter,
+    /// Bytes of the received messages waiting for `recv`, bounded by `inbox_bytes_max`.
+    pub(crate) inbox_bytes: InboxBytes,
 }
+
+/// A received message in the inbox, with its size as `InboxBytes` counts it.
+pub(crate) type Inboxed = (NodeId, Message, usize);
 
 impl Shared {
     pub(crate) fn new(config: ZmqConfig, rules: HandshakeRules) -> Shared {
@@ -85,7 +90,8 @@ impl Shared {
                 (*peer, Arc::new(OutboundQueue::with_bytes_max(config.queue_messages_max, config.queue_bytes_max)))
             })
             .collect();
-        Shared { config, rules, queues, counters: Counters::default(), warnings: WarnLimiter::new() }
+        let inbox_bytes = InboxBytes::new(config.inbox_bytes_max);
+        Shared { config, rules, queues, counters: Counters::default(), warnings: WarnLimiter::new(), inbox_bytes }
     }
 }
 

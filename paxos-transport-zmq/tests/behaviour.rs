@@ -97,3 +97,45 @@ async fn shutdown_restart_and_bounded_queues() {
     });
     assert!(outside.join().unwrap());
 }
+
+/// A receiver that does not call `recv` holds at most `inbox_bytes_max` (plus
+/// one message) of large messages: the ROUTER pauses, the rest wait, and once
+/// it reads, every message arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_is_bounded_in_bytes_and_loses_nothing() {
+    common::init_tracing();
+    let (listeners, addresses) = common::listeners(2);
+    let peers = vec![(1, addresses[0]), (2, addresses[1])];
+    let config = |id: u64| {
+        let mut config = ZmqConfig::new(id, common::CLUSTER, addresses[id as usize - 1], peers.clone());
+        config.inbox_bytes_max = 64 << 10;
+        config
+    };
+    let mut listeners = listeners.into_iter();
+    let first = ZmqTransport::start_on(config(1), listeners.next().unwrap()).await.unwrap();
+    let second = ZmqTransport::start_on(config(2), listeners.next().unwrap()).await.unwrap();
+    assert!(delivered(&first, &second, 2, 1).await);
+    let large = |slot: u64| Message::CatchUp {
+        first_slot: slot,
+        values: vec![paxos_core::Value::Commands(std::sync::Arc::from(vec![paxos_core::Command::new(
+            1,
+            slot,
+            vec![7; 16 << 10],
+        )]))],
+    };
+    let message_bytes = large(0).encoded_bytes_bound();
+    for slot in 0..64 {
+        first.send(2, large(slot)).unwrap();
+    }
+    let filled = common::eventually(Duration::from_secs(5), || second.inbox_bytes() >= (64 << 10) - message_bytes);
+    assert!(filled.await, "the inbox filled: {} bytes", second.inbox_bytes());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = second.inbox_bytes();
+    assert!(held <= (64 << 10) + message_bytes, "{held} bytes held past the 64 KiB bound");
+    for slot in 0..64 {
+        let received = tokio::time::timeout(Duration::from_secs(5), second.recv()).await;
+        let Ok(Ok((1, message))) = received else { panic!("message {slot} never came") };
+        assert_eq!(message, large(slot));
+    }
+    assert_eq!(second.inbox_bytes(), 0);
+}
