@@ -211,14 +211,16 @@ impl OutboundQueue {
     }
 }
 
-/// Bounds the bytes of received messages waiting in a transport's inbox, as
-/// [`Message::encoded_bytes_bound`] counts them: a count of messages alone lets
-/// an inbox of large accepts or snapshot parts hold gigabytes. A reader takes
-/// room for each message before it queues it ([`InboxBytes::reserve`]), waiting
-/// while the inbox is full, so a fast peer's messages back up into its own
-/// bounded queue rather than into memory here; `recv` gives the room back
-/// ([`InboxBytes::release`]). A message larger than the whole bound still goes,
-/// alone. Runtime-neutral.
+/// Bounds the bytes of received messages waiting in a transport's inbox (each
+/// counted by the size its reader gives, such as its frame): a count of messages
+/// alone lets an inbox of large accepts or snapshot parts hold gigabytes. A
+/// reader takes room for each message before it queues it
+/// ([`InboxBytes::reserve`]), waiting while the inbox is full, so a fast peer's
+/// messages back up into its own bounded queue rather than into memory here;
+/// `recv` gives the room back ([`InboxBytes::release`]). A message is let in
+/// whenever the inbox holds less than the bound, whatever its size, so the inbox
+/// goes past the bound by one message at most, and a large message never waits
+/// for a gap that small ones keep filling. Runtime-neutral.
 #[derive(Debug)]
 pub struct InboxBytes {
     held: std::sync::atomic::AtomicUsize,
@@ -227,12 +229,12 @@ pub struct InboxBytes {
 }
 
 impl InboxBytes {
-    /// An empty inbox that holds at most `max` bytes of messages (and one larger message alone).
+    /// An empty inbox that lets messages in while it holds less than `max` bytes.
     pub fn new(max: usize) -> InboxBytes {
         InboxBytes { held: std::sync::atomic::AtomicUsize::new(0), max, released: event_listener::Event::new() }
     }
 
-    /// Takes room for a message of `bytes`, waiting until the inbox has it (or is empty).
+    /// Takes room for a message of `bytes`, waiting while the inbox holds `max` bytes or more.
     pub async fn reserve(&self, bytes: usize) {
         loop {
             if self.try_reserve(bytes) {
@@ -250,7 +252,7 @@ impl InboxBytes {
     fn try_reserve(&self, bytes: usize) -> bool {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held == 0 || held.saturating_add(bytes) <= self.max).then(|| held.saturating_add(bytes))
+                (held < self.max).then(|| held.saturating_add(bytes))
             })
             .is_ok()
     }
@@ -285,16 +287,15 @@ mod tests {
     fn inbox_bytes_hold_readers_back_until_room_is_given_back() {
         let inbox = InboxBytes::new(100);
         assert!(inbox.reserve(60).now_or_never().is_some());
-        let mut second = Box::pin(inbox.reserve(60));
-        assert!((&mut second).now_or_never().is_none(), "120 bytes would pass the bound of 100");
-        inbox.release(60);
-        futures::executor::block_on(second);
-        assert_eq!(inbox.held(), 60);
-        inbox.release(60);
-        assert!(inbox.reserve(500).now_or_never().is_some(), "an empty inbox takes a larger message alone");
+        assert!(inbox.reserve(500).now_or_never().is_some(), "under the bound, any size is let in");
+        let mut third = Box::pin(inbox.reserve(1));
+        assert!((&mut third).now_or_never().is_none(), "560 bytes held: the bound of 100 is reached");
+        inbox.release(500);
+        futures::executor::block_on(third);
+        assert_eq!(inbox.held(), 61);
+        inbox.add(70);
+        assert_eq!(inbox.held(), 131, "a message to oneself never waits");
         assert!(inbox.reserve(1).now_or_never().is_none());
-        inbox.add(7);
-        assert_eq!(inbox.held(), 507, "a message to oneself never waits");
     }
 
     fn probe(from_slot: u64) -> Message {

@@ -402,6 +402,8 @@ async fn read_messages(
             Ok(None) => return ConnectionError::PeerClosed,
             Err(error) => return error.into(),
         };
+        // The inbox counts a message by its frame, the exact size it came in.
+        let bytes = body.len();
         let (from, message) = match wire::decode(body, limit) {
             Ok(decoded) => decoded,
             Err(error) => return error.into(),
@@ -413,8 +415,9 @@ async fn read_messages(
         shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         // A full inbox, in messages or bytes, pauses this reader; TCP flow
         // control then slows the peer.
-        let bytes = message.encoded_bytes_bound();
         shared.inbox_bytes.reserve(bytes).await;
+        // `send` queues the message before it can wait, so a reader cancelled
+        // here has still queued what it reserved for, and `recv` releases it.
         if inbox.send((peer, message, bytes)).await.is_err() {
             shared.inbox_bytes.release(bytes);
             return ConnectionError::TransportClosed;

@@ -177,6 +177,8 @@ impl Router {
             }
             return true;
         }
+        // The inbox counts a message by its frame, the exact size it came in.
+        let bytes = body.len();
         match wire::decode(body, self.shared.config.frame_bytes_max) {
             Err(error) => {
                 Counters::add(&counters.frames_refused);
@@ -192,7 +194,6 @@ impl Router {
                 Counters::add(&counters.messages_received);
                 // A full inbox, in messages or bytes, pauses this loop, and with
                 // it zeromq's reads: bounded memory.
-                let bytes = message.encoded_bytes_bound();
                 self.shared.inbox_bytes.reserve(bytes).await;
                 let queued = self.inbox.send((node, message, bytes)).await.is_ok();
                 if !queued {
