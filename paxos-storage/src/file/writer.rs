@@ -1,5 +1,6 @@
 //! The writer thread: takes every queued append, writes them as one record, syncs
-//! once (group commit), answers each caller, and writes checkpoints.
+//! once (group commit), answers each caller, and starts and installs checkpoints,
+//! which a thread of their own writes meanwhile.
 //!
 //! Records go at the logical end of the log (`file_bytes`), which may lie before the
 //! physical end: the writer preallocates space ahead of the records
