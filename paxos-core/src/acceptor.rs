@@ -229,6 +229,12 @@ impl Acceptor {
         self.slots.discard_below(slot);
     }
 
+    /// Moves out the value accepted in `slot`, about to be discarded: only a
+    /// compaction may call this, just before [`Acceptor::discard_below`].
+    pub(crate) fn take_accepted(&mut self, slot: Slot) -> Option<Value> {
+        self.slots.get_mut(slot)?.accepted.take().map(|(_, value)| value)
+    }
+
     /// The lowest slot this acceptor still holds state for.
     pub fn first_slot(&self) -> Slot {
         self.slots.first()

@@ -59,6 +59,17 @@ pub struct Config {
     pub pending_commands_max: usize,
     /// Most chosen values in one catch-up message.
     pub catch_up_slots_max: usize,
+    /// How many of the newest compacted slots a replica keeps in memory after a
+    /// compaction (1024 by default; 0 keeps none), within
+    /// `compaction_keep_bytes_max`. A peer asking for slots from among them is
+    /// sent those slots, as from the log, rather than the snapshot: a follower a
+    /// little behind does not take the whole state, and one that catches up
+    /// more slowly than the leader compacts still gets there. Kept slots are not
+    /// durable and are gone after a restart.
+    pub compaction_keep_slots: u64,
+    /// Most bytes of values kept after compaction (as their encoding is bounded;
+    /// 4 MiB by default; 0 keeps none). See `compaction_keep_slots`.
+    pub compaction_keep_bytes_max: usize,
     /// Most bytes of values in one accept, catch-up or forward message (counted
     /// as an upper bound of their encoding). A single larger value or command
     /// still goes, alone. Keep it well under the transport's largest frame
@@ -116,6 +127,8 @@ impl Config {
             accept_slots_per_message_max: 64,
             pending_commands_max: 1 << 20,
             catch_up_slots_max: 256,
+            compaction_keep_slots: 1024,
+            compaction_keep_bytes_max: 4 << 20,
             message_bytes_max: 4 << 20,
             dedup_window: 256,
             backoff_ticks_max: 8,

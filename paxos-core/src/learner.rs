@@ -543,6 +543,24 @@ impl Learner {
         duplicates
     }
 
+    /// Moves out the chosen value of an applied `slot` about to be discarded, if
+    /// this learner holds its own copy; `None` if it is the value the acceptor
+    /// accepted (see [`Learner::chosen`]), which stays there. The slot reads as
+    /// not chosen afterwards, so only a compaction may call this, just before
+    /// [`Learner::discard_through`].
+    pub(crate) fn take_chosen(&mut self, slot: Slot) -> Option<Value> {
+        assert!(slot <= self.applied_through, "only applied slots are compacted");
+        let chosen = self.chosen.get_mut(slot).expect("an applied slot not yet discarded");
+        match std::mem::take(chosen) {
+            Chosen::Value(value) => Some(value),
+            Chosen::Accepted => {
+                *chosen = Chosen::Accepted;
+                None
+            }
+            Chosen::Unknown => unreachable!("slot {slot} was applied, so chosen"),
+        }
+    }
+
     /// Forgets chosen values and index runs for slots up to `through`, which a
     /// snapshot now stands for.
     pub fn discard_through(&mut self, through: Slot) {

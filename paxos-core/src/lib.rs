@@ -41,6 +41,7 @@ pub mod config;
 pub mod conformance;
 pub mod handshake;
 pub mod harness;
+mod kept_log;
 pub mod learner;
 pub mod memory;
 pub mod message;

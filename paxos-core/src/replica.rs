@@ -8,6 +8,7 @@ use crate::acceptor::Acceptor;
 use crate::actions::{push_in_place, Actions, Event};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError, Protocol};
+use crate::kept_log::KeptLog;
 use crate::learner::Learner;
 use crate::message::{message_prefix, AcceptedEntry, Command, CommandId, Message, PrepareScope, Value};
 use crate::rng::Rng;
@@ -179,6 +180,8 @@ pub(crate) struct Core {
     snapshot_sender: snapshot_transfer::Sender,
     /// A peer's snapshot arriving in parts.
     snapshot_receiver: snapshot_transfer::Receiver,
+    /// The newest compacted slots, kept to catch peers up by log.
+    kept: KeptLog,
 }
 
 impl Core {
@@ -199,6 +202,7 @@ impl Core {
             snapshot: durable.snapshot.clone(),
             snapshot_sender: snapshot_transfer::Sender::default(),
             snapshot_receiver: snapshot_transfer::Receiver::new(4 * config.retransmit_ticks),
+            kept: KeptLog::default(),
             config,
         };
         if let Some(snapshot) = &durable.snapshot {
@@ -429,14 +433,25 @@ impl Core {
     }
 
     pub fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot) {
+        let from_slot = from_slot.max(1);
+        let count_max = self.config.catch_up_slots_max;
+        let mut values = Vec::new();
         if self.snapshot.as_ref().is_some_and(|snapshot| from_slot <= snapshot.through_slot) {
-            self.send_newest_snapshot(from);
-            return;
+            if !self.kept.holds(from_slot) {
+                self.send_newest_snapshot(from);
+                return;
+            }
+            // Compacted, but still kept: the kept slots run up to the compaction
+            // point, and the learner's from just after it.
+            values.extend(self.kept.run(from_slot, count_max).cloned());
         }
-        let mut values = self.learner.chosen_run(from_slot.max(1), self.config.catch_up_slots_max, &self.acceptor);
+        let next = from_slot + values.len() as u64;
+        if values.len() < count_max {
+            values.extend(self.learner.chosen_run(next, count_max - values.len(), &self.acceptor));
+        }
         values.truncate(message_prefix(&values, usize::MAX, self.config.message_bytes_max, Value::encoded_bytes_bound));
         if !values.is_empty() {
-            self.actions.send(from, Message::CatchUp { first_slot: from_slot.max(1), values });
+            self.actions.send(from, Message::CatchUp { first_slot: from_slot, values });
         }
     }
 
@@ -474,10 +489,33 @@ impl Core {
         };
         tracing::info!(node = self.id(), through_slot, "compacting the log");
         self.actions.persist.push_op(StorageOp::Compact(Box::new(snapshot.clone())));
-        self.acceptor.discard_below(through_slot + 1);
-        self.learner.discard_through(through_slot);
+        self.discard_and_keep(through_slot);
         self.snapshot = Some(snapshot);
         Ok(())
+    }
+
+    /// Drops the slots through `through_slot` from the acceptor and the learner,
+    /// first moving the newest of their chosen values (all applied, so all
+    /// chosen) to the kept log (see [`Config::compaction_keep_slots`]): moved,
+    /// not copied, in one pass.
+    fn discard_and_keep(&mut self, through_slot: Slot) {
+        let slots_max = self.config.compaction_keep_slots;
+        if slots_max == 0 || self.config.compaction_keep_bytes_max == 0 {
+            self.kept.clear();
+        } else {
+            let keep_from = self.learner.first_held().max((through_slot + 1).saturating_sub(slots_max));
+            self.kept.continue_at(keep_from);
+            for slot in keep_from..=through_slot {
+                let value = match self.learner.take_chosen(slot) {
+                    Some(value) => value,
+                    None => self.acceptor.take_accepted(slot).expect("a slot chosen as accepted keeps its value"),
+                };
+                self.kept.push(value);
+            }
+            self.kept.trim(slots_max, self.config.compaction_keep_bytes_max);
+        }
+        self.acceptor.discard_below(through_slot + 1);
+        self.learner.discard_through(through_slot);
     }
 
     /// Most bytes of a snapshot part, so the message keeps to `message_bytes_max`.
@@ -549,6 +587,8 @@ impl Core {
         tracing::info!(node = self.id(), peer = from, through = snapshot.through_slot, "installed a peer's snapshot");
         self.actions.persist.push_op(StorageOp::Compact(Box::new(snapshot.clone())));
         self.acceptor.discard_below(snapshot.through_slot + 1);
+        // What was kept ran up to our own compaction point, below this one.
+        self.kept.clear();
         self.known_chosen_through = self.known_chosen_through.max(snapshot.through_slot);
         self.snapshot = Some(snapshot.clone());
         self.event(Event::SnapshotInstalled(snapshot));
@@ -579,5 +619,12 @@ impl Core {
         self.learner.check_invariants(&self.acceptor);
         // Seed 001: a ballot's round is reserved durably before the ballot is used.
         assert!(self.own_round_used <= self.round_reserved, "ballot round used before it was reserved");
+        if self.kept.len() > 0 {
+            // Catch-up reads the kept slots, then the learner's, with no gap between.
+            let through = self.snapshot.as_ref().map(|snapshot| snapshot.through_slot);
+            assert_eq!(Some(self.kept.end() - 1), through, "kept slots end at the compaction point");
+            assert!(self.kept.len() as u64 <= self.config.compaction_keep_slots);
+            assert!(self.kept.bytes() <= self.config.compaction_keep_bytes_max);
+        }
     }
 }

@@ -288,7 +288,8 @@ fn a_restarted_replica_recovers_its_log_from_storage() {
 #[test]
 fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
     for protocol in [Protocol::Multi, Protocol::Basic] {
-        let mut cluster = Cluster::new(3, protocol, 13);
+        // The others keep the last 8 compacted slots, and node 3 lacks all 40.
+        let mut cluster = Cluster::with_config(3, protocol, 13, |config| config.compaction_keep_slots = 8);
         cluster.crash(3);
         for sequence in 1..=40 {
             submit(&mut cluster, 1, 1, sequence);
@@ -324,6 +325,53 @@ fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
     }
 }
 
+/// A replica only a little behind the compaction point catches up from the
+/// compacted slots the others still keep, one by one as from the log, and never
+/// takes a snapshot: it applies every command, in the others' order, itself.
+/// Under loss, duplication and reordering, with the leader compacting again
+/// while it catches up.
+#[test]
+fn a_replica_a_little_behind_the_compaction_point_catches_up_from_kept_slots() {
+    for protocol in [Protocol::Multi, Protocol::Basic] {
+        let mut cluster = Cluster::with_config(3, protocol, 17, |config| config.compaction_keep_slots = 64);
+        for sequence in 1..=10 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        assert!(cluster.run_until(50_000, 20, |cluster| all_applied(cluster, &[1, 2, 3], 10)), "{protocol:?}");
+        cluster.crash(3);
+        for sequence in 11..=40 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        assert!(cluster.run_until(50_000, 20, |cluster| all_applied(cluster, &[1, 2], 40)), "{protocol:?}");
+        for node in [1, 2] {
+            let through = cluster.replica(node).unwrap().learner().applied_through();
+            cluster.compact(node, through, b"state".to_vec()).unwrap();
+            assert!(cluster.durable(node).slots.keys().all(|slot| *slot > through), "storage dropped the prefix");
+        }
+        cluster.faults = Faults { drop_per_million: 100_000, duplicate_per_million: 100_000, reorder: true };
+        cluster.restart(3);
+        for sequence in 41..=45 {
+            submit(&mut cluster, 1, 1, sequence);
+        }
+        let caught_up = cluster.run_until(200_000, 20, |cluster| {
+            cluster.replica(3).unwrap().status().next_index >= 45 && all_applied(cluster, &[1, 2], 45)
+        });
+        assert!(caught_up, "{protocol:?}: node 3 caught up");
+        for node in [1, 2] {
+            // Compacting again while node 3 is at it changes nothing for it.
+            let through = cluster.replica(node).unwrap().learner().applied_through();
+            let _ = cluster.compact(node, through, b"state".to_vec());
+        }
+        let installed = cluster.events(3).iter().any(|event| matches!(event, paxos_core::Event::SnapshotInstalled(_)));
+        assert!(!installed, "{protocol:?}: node 3 was sent a snapshot though the slots it lacked were kept");
+        let applied_3: Vec<u64> = cluster.applied_commands(3).iter().map(|c| c.id.sequence).collect();
+        let applied_1: Vec<u64> = cluster.applied_commands(1).iter().map(|c| c.id.sequence).collect();
+        assert_eq!(applied_3, applied_1, "{protocol:?}: node 3 applied the others' log");
+        assert_eq!(applied_3.len(), 45, "{protocol:?}");
+        assert!(cluster.dropped > 0, "{protocol:?}: the test dropped nothing");
+    }
+}
+
 /// A snapshot larger than a message goes in parts, each asked for in turn, and
 /// arrives whole under loss, duplication and reordering: with 4 KiB messages,
 /// 100 KiB of application state takes at least 25 parts. A snapshot sent whole
@@ -332,7 +380,10 @@ fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
 fn a_snapshot_larger_than_a_message_goes_in_parts() {
     let state: Vec<u8> = (0..100 << 10).map(|byte: u32| (byte % 251) as u8).collect();
     for protocol in [Protocol::Multi, Protocol::Basic] {
-        let mut cluster = Cluster::with_config(3, protocol, 21, |config| config.message_bytes_max = 4 << 10);
+        let mut cluster = Cluster::with_config(3, protocol, 21, |config| {
+            config.message_bytes_max = 4 << 10;
+            config.compaction_keep_slots = 0;
+        });
         cluster.crash(3);
         for sequence in 1..=20 {
             submit(&mut cluster, 1, 1, sequence);

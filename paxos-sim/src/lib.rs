@@ -545,6 +545,14 @@ fn run_inner(config: &SimConfig, step: &mut u64) -> Result<Summary, String> {
         if config.seed % 4 == 1 {
             replica.message_bytes_max = 256;
         }
+        // Compacted slots kept for catch-up: none (a lagging replica always
+        // takes a snapshot), a few (it takes the kept slots or a snapshot,
+        // depending on how far behind it is), or the default (nearly always the slots).
+        replica.compaction_keep_slots = match config.seed % 3 {
+            0 => 0,
+            1 => 4,
+            _ => replica.compaction_keep_slots,
+        };
     });
     cluster.faults = config.faults;
     cluster.storage_faults = config.storage;
