@@ -559,9 +559,11 @@ impl Core {
         let ticks = self.ticks;
         match self.snapshot_receiver.take(from, id, offset, total, &bytes, ticks) {
             Taken::Ignored => false,
-            Taken::Next(request) => {
+            Taken::Next(requests) => {
                 self.catch_up_sent_at = Some(ticks);
-                self.actions.send(from, request);
+                for request in requests {
+                    self.actions.send(from, request);
+                }
                 false
             }
             Taken::Whole(snapshot) => self.on_install_snapshot(from, *snapshot),

@@ -7,10 +7,13 @@
 //! that compacts again keeps serving the encoding a transfer started with, and a
 //! receiver never joins parts of two encodings, even of the same slot (a sender
 //! that crashed before its compaction was durable may compact that slot again,
-//! with other client windows). The receiver takes parts in order from one sender
-//! at a time, checks the digest of the whole, and gives up on a sender that has
-//! gone silent, so the next catch-up request starts over with whoever answers.
+//! with other client windows). The receiver takes one sender's parts at a time,
+//! keeps up to [`PARTS_IN_FLIGHT`] asked for at once (so a transfer is not one
+//! round trip per part), joins them in order, checks the digest of the whole,
+//! and gives up on a sender that has gone silent, so the next catch-up request
+//! starts over with whoever answers.
 
+use std::collections::BTreeMap;
 use std::hash::Hasher;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,11 @@ pub fn digest(bytes: &[u8]) -> u64 {
 /// Bytes a part carries besides its own: the message tag, the id, the offset,
 /// the total and the length of the bytes, each at most a 10-byte varint.
 pub const PART_OVERHEAD_BYTES: usize = 64;
+
+/// Parts a receiver asks for before the first of them arrives. A part ahead of
+/// the one awaited is held until that one comes, so a transfer holds at most
+/// this many parts besides what it has joined.
+pub const PARTS_IN_FLIGHT: u64 = 4;
 
 /// Encodings a sender keeps serving: the newest, and the one before it, which a
 /// transfer that started before the last compaction is still taking.
@@ -121,7 +129,14 @@ struct Incoming {
     from: NodeId,
     id: SnapshotId,
     total: u64,
+    /// The parts joined so far, from the start.
     bytes: Vec<u8>,
+    /// The first part's length: the next parts are asked for at multiples of it.
+    part_bytes: u64,
+    /// Parts are asked for up to this offset.
+    asked_to: u64,
+    /// Parts that came ahead of the one awaited, by offset.
+    early: BTreeMap<u64, Vec<u8>>,
     /// When the last part came.
     heard_at: u64,
 }
@@ -132,8 +147,9 @@ pub enum Taken {
     /// A copy of a part already taken, a part of another transfer, or one that
     /// does not fit: nothing changed.
     Ignored,
-    /// Taken; ask the sender for the next part with this request.
-    Next(Message),
+    /// Taken; ask the sender for more parts with these requests (none when
+    /// enough are asked for already).
+    Next(Vec<Message>),
     /// The last part: here is the whole snapshot.
     Whole(Box<Snapshot>),
     /// The last part, but the whole does not match its digest or does not
@@ -162,12 +178,15 @@ impl Receiver {
     /// Takes a part from `from`. A first part starts a transfer when none is
     /// under way, when it is of a newer snapshot, when it comes from the current
     /// sender with another encoding (the sender's is all that it can serve), or
-    /// when the current sender has been silent for `stale_after` ticks.
+    /// when the current sender has been silent for `stale_after` ticks. A part
+    /// ahead of the one awaited is held, if it was asked for and fewer than
+    /// [`PARTS_IN_FLIGHT`] are held.
     pub fn take(&mut self, from: NodeId, id: SnapshotId, offset: u64, total: u64, bytes: &[u8], ticks: u64) -> Taken {
         let stale_after = self.stale_after;
         let continues = self.incoming.as_ref().is_some_and(|incoming| incoming.from == from && incoming.id == id);
         if !continues {
             let starts = offset == 0
+                && !bytes.is_empty()
                 && self.incoming.as_ref().is_none_or(|incoming| {
                     id.through_slot > incoming.id.through_slot
                         || incoming.from == from
@@ -177,18 +196,59 @@ impl Receiver {
                 return Taken::Ignored;
             }
             let reserve = total.min(RESERVE_BYTES_MAX) as usize;
-            self.incoming = Some(Incoming { from, id, total, bytes: Vec::with_capacity(reserve), heard_at: ticks });
+            self.incoming = Some(Incoming {
+                from,
+                id,
+                total,
+                bytes: Vec::with_capacity(reserve),
+                part_bytes: bytes.len() as u64,
+                asked_to: 0,
+                early: BTreeMap::new(),
+                heard_at: ticks,
+            });
         }
         let Some(incoming) = self.incoming.as_mut() else { unreachable!("set above") };
         let received = incoming.bytes.len() as u64;
-        if offset != received || total != incoming.total || bytes.is_empty() || received + bytes.len() as u64 > total {
+        if total != incoming.total || bytes.is_empty() || offset.saturating_add(bytes.len() as u64) > total {
             return Taken::Ignored;
         }
-        incoming.bytes.extend_from_slice(bytes);
+        if offset == received {
+            incoming.bytes.extend_from_slice(bytes);
+            // Join the parts held that now follow on; drop any the join overlapped.
+            loop {
+                let joined = incoming.bytes.len() as u64;
+                while incoming.early.first_key_value().is_some_and(|(early, _)| *early < joined) {
+                    incoming.early.pop_first();
+                }
+                let Some(next) = incoming.early.remove(&joined) else { break };
+                if joined + next.len() as u64 > total {
+                    break;
+                }
+                incoming.bytes.extend_from_slice(&next);
+            }
+        } else if offset > received
+            && offset < incoming.asked_to
+            && (incoming.early.len() as u64) < PARTS_IN_FLIGHT
+            && !incoming.early.contains_key(&offset)
+        {
+            incoming.early.insert(offset, bytes.to_vec());
+        } else {
+            return Taken::Ignored;
+        }
         incoming.heard_at = ticks;
         let received = incoming.bytes.len() as u64;
         if received < total {
-            return Taken::Next(Message::SnapshotPartRequest { id, offset: received });
+            // Keep PARTS_IN_FLIGHT parts asked for past what is joined.
+            let window_end = received.saturating_add(PARTS_IN_FLIGHT * incoming.part_bytes).min(total);
+            incoming.asked_to = incoming.asked_to.max(received);
+            let mut requests = Vec::new();
+            while incoming.asked_to < window_end {
+                if !incoming.early.contains_key(&incoming.asked_to) {
+                    requests.push(Message::SnapshotPartRequest { id, offset: incoming.asked_to });
+                }
+                incoming.asked_to += incoming.part_bytes;
+            }
+            return Taken::Next(requests);
         }
         let Some(incoming) = self.incoming.take() else { unreachable!("set above") };
         if digest(&incoming.bytes) != id.digest {
@@ -218,6 +278,8 @@ impl Receiver {
         if incoming.from != peer {
             return None;
         }
+        // The part awaited; those asked for after it come, or are asked for
+        // again, once it is joined.
         Some(Message::SnapshotPartRequest { id: incoming.id, offset: incoming.bytes.len() as u64 })
     }
 
@@ -237,19 +299,40 @@ mod tests {
         Snapshot { through_slot, data: vec![fill; data_bytes], ..Snapshot::default() }
     }
 
-    /// Runs a transfer to the end: every part the receiver asks for, in order.
-    fn transfer(sender: &mut Sender, receiver: &mut Receiver, newest: &Snapshot, part_max: usize) -> Taken {
-        let mut message = sender.part_of_newest(newest, 0, part_max, 0);
+    /// Runs a transfer from `first` on: the parts the receiver asks for, in the
+    /// order asked, until it ends or asks for nothing more. Returns how it ended
+    /// and the most requests outstanding at once.
+    fn transfer_from(
+        sender: &mut Sender,
+        receiver: &mut Receiver,
+        first: Option<Message>,
+        part_max: usize,
+    ) -> (Taken, usize) {
+        let mut parts: std::collections::VecDeque<Message> = first.into_iter().collect();
+        let mut outstanding_max = 0;
         for _ in 0..10_000 {
-            let Some(Message::SnapshotPart { id, offset, total, bytes }) = message else { panic!("{message:?}") };
+            let Some(Message::SnapshotPart { id, offset, total, bytes }) = parts.pop_front() else {
+                // Nothing more asked for: the parts asked for earlier are elsewhere.
+                return (Taken::Next(Vec::new()), outstanding_max);
+            };
             match receiver.take(1, id, offset, total, &bytes, 0) {
-                Taken::Next(Message::SnapshotPartRequest { id, offset }) => {
-                    message = sender.part_of(id, offset, part_max, 0);
+                Taken::Next(requests) => {
+                    for request in requests {
+                        let Message::SnapshotPartRequest { id, offset } = request else { panic!("{request:?}") };
+                        parts.push_back(sender.part_of(id, offset, part_max, 0).expect("a part asked for exists"));
+                    }
+                    outstanding_max = outstanding_max.max(parts.len());
                 }
-                other => return other,
+                other => return (other, outstanding_max),
             }
         }
         panic!("no end to the transfer")
+    }
+
+    /// Runs a transfer of `newest` to the end.
+    fn transfer(sender: &mut Sender, receiver: &mut Receiver, newest: &Snapshot, part_max: usize) -> Taken {
+        let first = sender.part_of_newest(newest, 0, part_max, 0);
+        transfer_from(sender, receiver, first, part_max).0
     }
 
     #[test]
@@ -258,7 +341,75 @@ mod tests {
         let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
         let part = sender.part_of_newest(&newest, 0, 1000, 0).unwrap();
         assert!(matches!(&part, Message::SnapshotPart { bytes, .. } if bytes.len() == 1000));
-        assert_eq!(transfer(&mut sender, &mut receiver, &newest, 1000), Taken::Whole(Box::new(newest)));
+        let (taken, outstanding_max) = transfer_from(&mut sender, &mut receiver, Some(part), 1000);
+        assert_eq!(taken, Taken::Whole(Box::new(newest)));
+        assert_eq!(outstanding_max as u64, PARTS_IN_FLIGHT, "parts are asked for ahead, never more than the window");
+    }
+
+    /// Parts that come out of order (the window's, in reverse) are held and
+    /// joined in order; a copy or a part not asked for is ignored.
+    #[test]
+    fn parts_out_of_order_are_held_and_joined_in_order() {
+        let newest = snapshot(40, 10_000, 9);
+        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
+        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&newest, 0, 1000, 0)
+        else {
+            panic!()
+        };
+        let Taken::Next(requests) = receiver.take(1, id, offset, total, &bytes, 0) else { panic!() };
+        let offsets: Vec<u64> = requests
+            .iter()
+            .map(|request| match request {
+                Message::SnapshotPartRequest { offset, .. } => *offset,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(offsets.len() as u64, PARTS_IN_FLIGHT);
+        let part = |offset: u64, sender: &mut Sender| match sender.part_of(id, offset, 1000, 0) {
+            Some(Message::SnapshotPart { bytes, .. }) => bytes,
+            other => panic!("{other:?}"),
+        };
+        let beyond = offsets.last().unwrap() + 1000;
+        let not_asked = part(beyond, &mut sender);
+        assert_eq!(receiver.take(1, id, beyond, total, &not_asked, 0), Taken::Ignored, "not asked for");
+        // The last asked for first: held, nothing more asked.
+        let mut reversed = offsets.clone();
+        reversed.reverse();
+        for (position, offset) in reversed.iter().enumerate() {
+            let bytes = part(*offset, &mut sender);
+            let taken = receiver.take(1, id, *offset, total, &bytes, 0);
+            if position + 1 < reversed.len() {
+                assert_eq!(taken, Taken::Next(Vec::new()), "held until the awaited part comes");
+                assert_eq!(receiver.take(1, id, *offset, total, &bytes, 0), Taken::Ignored, "a copy");
+            } else {
+                // The awaited part joins all the held ones; the window moves on.
+                let Taken::Next(requests) = taken else { panic!("{taken:?}") };
+                assert_eq!(requests.len() as u64, PARTS_IN_FLIGHT);
+                let Some(Message::SnapshotPartRequest { offset, .. }) = requests.first() else { panic!() };
+                assert_eq!(*offset, beyond);
+                let mut parts: Vec<Message> = requests
+                    .into_iter()
+                    .map(|request| match request {
+                        Message::SnapshotPartRequest { id, offset } => sender.part_of(id, offset, 1000, 0).unwrap(),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                let mut whole = None;
+                while let Some(Message::SnapshotPart { id, offset, total, bytes }) = parts.pop() {
+                    match receiver.take(1, id, offset, total, &bytes, 0) {
+                        Taken::Next(requests) => {
+                            for request in requests {
+                                let Message::SnapshotPartRequest { id, offset } = request else { panic!() };
+                                parts.insert(0, sender.part_of(id, offset, 1000, 0).unwrap());
+                            }
+                        }
+                        Taken::Whole(snapshot) => whole = Some(snapshot),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                assert_eq!(whole, Some(Box::new(newest.clone())));
+            }
+        }
     }
 
     /// The sender compacts again mid-transfer: the transfer goes on with the
@@ -271,24 +422,20 @@ mod tests {
         let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&older, 0, 1000, 0) else {
             panic!()
         };
-        let Taken::Next(Message::SnapshotPartRequest { id, offset: next }) =
-            receiver.take(1, id, offset, total, &bytes, 0)
-        else {
-            panic!()
-        };
+        let Taken::Next(requests) = receiver.take(1, id, offset, total, &bytes, 0) else { panic!() };
         // The sender compacts and serves its newest to someone else meanwhile.
         assert!(sender.part_of_newest(&newer, 0, 1000, 0).is_some());
-        let mut message = sender.part_of(id, next, 1000, 0);
-        let whole = loop {
-            let Some(Message::SnapshotPart { id, offset, total, bytes }) = message else { panic!("{message:?}") };
-            match receiver.take(1, id, offset, total, &bytes, 0) {
-                Taken::Next(Message::SnapshotPartRequest { id, offset }) => {
-                    message = sender.part_of(id, offset, 1000, 0)
-                }
-                other => break other,
+        // The next requests come in now, and are served from the older encoding.
+        let mut whole = None;
+        for request in requests {
+            let Message::SnapshotPartRequest { id, offset } = request else { panic!() };
+            let part = sender.part_of(id, offset, 1000, 0);
+            let (taken, _) = transfer_from(&mut sender, &mut receiver, part, 1000);
+            if taken != Taken::Next(Vec::new()) {
+                whole = Some(taken);
             }
-        };
-        assert_eq!(whole, Taken::Whole(Box::new(older)));
+        }
+        assert_eq!(whole, Some(Taken::Whole(Box::new(older))));
         assert_eq!(sender.encodings.len(), 2);
     }
 

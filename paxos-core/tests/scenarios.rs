@@ -372,7 +372,7 @@ fn a_replica_a_little_behind_the_compaction_point_catches_up_from_kept_slots() {
     }
 }
 
-/// A snapshot larger than a message goes in parts, each asked for in turn, and
+/// A snapshot larger than a message goes in parts, up to four asked for at once, and
 /// arrives whole under loss, duplication and reordering: with 4 KiB messages,
 /// 100 KiB of application state takes at least 25 parts. A snapshot sent whole
 /// would be larger than any message the transports carry, and dropped every time.
