@@ -65,10 +65,14 @@ pub struct Config {
     /// sent those slots, as from the log, rather than the snapshot: a follower a
     /// little behind does not take the whole state, and one that catches up
     /// more slowly than the leader compacts still gets there. Kept slots are not
-    /// durable and are gone after a restart.
+    /// durable: a replica that restarts, or installs a peer's snapshot, keeps
+    /// none until it compacts again.
     pub compaction_keep_slots: u64,
-    /// Most bytes of values kept after compaction (as their encoding is bounded;
-    /// 4 MiB by default; 0 keeps none). See `compaction_keep_slots`.
+    /// Most bytes of values kept after compaction, 4 MiB by default (0 keeps
+    /// none). See `compaction_keep_slots`. Counted as their encoding is bounded:
+    /// in memory, small commands take up to about twice that (each has an
+    /// allocation of its own). A single value larger than this is not kept, and
+    /// nor is anything compacted before it.
     pub compaction_keep_bytes_max: usize,
     /// Most bytes of values in one accept, catch-up or forward message (counted
     /// as an upper bound of their encoding). A single larger value or command

@@ -84,7 +84,7 @@ impl KeptLog {
     /// Up to `count` kept values from `from` on (none unless `from` is kept).
     pub fn run(&self, from: Slot, count: usize) -> impl Iterator<Item = &Value> + '_ {
         let skip = if self.holds(from) { (from - self.first_slot) as usize } else { self.values.len() };
-        self.values.iter().skip(skip).take(count).map(|(value, _)| value)
+        self.values.range(skip..).take(count).map(|(value, _)| value)
     }
 }
 

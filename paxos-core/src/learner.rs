@@ -545,9 +545,9 @@ impl Learner {
 
     /// Moves out the chosen value of an applied `slot` about to be discarded, if
     /// this learner holds its own copy; `None` if it is the value the acceptor
-    /// accepted (see [`Learner::chosen`]), which stays there. The slot reads as
-    /// not chosen afterwards, so only a compaction may call this, just before
-    /// [`Learner::discard_through`].
+    /// accepted (see [`Learner::chosen`]), which stays there. A slot whose value
+    /// was moved out reads as not chosen afterwards, so only a compaction may call
+    /// this, just before [`Learner::discard_through`].
     pub(crate) fn take_chosen(&mut self, slot: Slot) -> Option<Value> {
         assert!(slot <= self.applied_through, "only applied slots are compacted");
         let chosen = self.chosen.get_mut(slot).expect("an applied slot not yet discarded");

@@ -78,7 +78,9 @@ pub struct NodeOptions {
     /// Also compact automatically (as [`NodeOptions::auto_compact_slots`] does)
     /// whenever the commands applied since the last compaction (or since the node
     /// started) carry this many payload bytes: with large commands, a bound in
-    /// commands does not bound memory either. `None` does not count bytes.
+    /// commands does not bound memory either. `None` does not count bytes. The
+    /// slots kept after a compaction for lagging peers come on top
+    /// (`Config::compaction_keep_bytes_max`).
     pub auto_compact_bytes: Option<u64>,
 }
 

@@ -125,8 +125,9 @@ pub trait Replica: Send + std::fmt::Debug {
         self.learner().get(index, self.acceptor())
     }
     /// Replaces the applied prefix through `through_slot` with a snapshot holding
-    /// the application's `data`, so the log stops growing. Peers that lag behind
-    /// the compaction point are sent the snapshot instead of the slots.
+    /// the application's `data`, so the log stops growing. The newest compacted
+    /// slots stay in memory ([`Config::compaction_keep_slots`]) for peers that lag
+    /// by a little; peers further behind are sent the snapshot instead.
     fn compact(&mut self, through_slot: Slot, data: Vec<u8>) -> Result<(), CompactError>;
     /// The latest snapshot, if the log was compacted.
     fn snapshot(&self) -> Option<&Snapshot>;

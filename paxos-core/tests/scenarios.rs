@@ -326,14 +326,19 @@ fn a_replica_behind_the_compaction_point_is_sent_the_snapshot() {
 }
 
 /// A replica only a little behind the compaction point catches up from the
-/// compacted slots the others still keep, one by one as from the log, and never
-/// takes a snapshot: it applies every command, in the others' order, itself.
-/// Under loss, duplication and reordering, with the leader compacting again
-/// while it catches up.
+/// compacted slots the others still keep, as from the log, and never takes a
+/// snapshot: it applies every command, in the others' order, itself. Under loss,
+/// duplication and reordering, four slots per catch-up message, and with the
+/// others compacting again while it is half way.
 #[test]
 fn a_replica_a_little_behind_the_compaction_point_catches_up_from_kept_slots() {
     for protocol in [Protocol::Multi, Protocol::Basic] {
-        let mut cluster = Cluster::with_config(3, protocol, 17, |config| config.compaction_keep_slots = 64);
+        let mut cluster = Cluster::with_config(3, protocol, 17, |config| {
+            config.compaction_keep_slots = 64;
+            config.catch_up_slots_max = 4;
+            // One command a slot, so catching up takes many messages.
+            config.batch_commands_max = 1;
+        });
         for sequence in 1..=10 {
             submit(&mut cluster, 1, 1, sequence);
         }
@@ -343,25 +348,31 @@ fn a_replica_a_little_behind_the_compaction_point_catches_up_from_kept_slots() {
             submit(&mut cluster, 1, 1, sequence);
         }
         assert!(cluster.run_until(50_000, 20, |cluster| all_applied(cluster, &[1, 2], 40)), "{protocol:?}");
-        for node in [1, 2] {
-            let through = cluster.replica(node).unwrap().learner().applied_through();
-            cluster.compact(node, through, b"state".to_vec()).unwrap();
-            assert!(cluster.durable(node).slots.keys().all(|slot| *slot > through), "storage dropped the prefix");
-        }
+        let compact_all = |cluster: &mut Cluster| {
+            for node in [1, 2] {
+                let through = cluster.replica(node).unwrap().learner().applied_through();
+                cluster.compact(node, through, b"state".to_vec()).unwrap();
+                assert!(cluster.durable(node).slots.keys().all(|slot| *slot > through), "storage dropped the prefix");
+            }
+        };
+        compact_all(&mut cluster);
         cluster.faults = Faults { drop_per_million: 100_000, duplicate_per_million: 100_000, reorder: true };
         cluster.restart(3);
-        for sequence in 41..=45 {
+        // A new command makes node 3 hear of what it lacks.
+        let proposer = cluster.leader().unwrap_or(1);
+        let _ = cluster.propose(proposer, vec![command(1, 41)]);
+        let half_way = cluster.run_until(200_000, 20, |cluster| cluster.applied_commands(3).len() >= 25);
+        assert!(half_way, "{protocol:?}: node 3 started catching up");
+        assert!(cluster.applied_commands(3).len() < 40, "{protocol:?}: node 3 caught up before the test could compact");
+        assert!(cluster.run_until(200_000, 20, |cluster| all_applied(cluster, &[1, 2], 41)), "{protocol:?}");
+        compact_all(&mut cluster);
+        for sequence in 42..=45 {
             submit(&mut cluster, 1, 1, sequence);
         }
         let caught_up = cluster.run_until(200_000, 20, |cluster| {
             cluster.replica(3).unwrap().status().next_index >= 45 && all_applied(cluster, &[1, 2], 45)
         });
         assert!(caught_up, "{protocol:?}: node 3 caught up");
-        for node in [1, 2] {
-            // Compacting again while node 3 is at it changes nothing for it.
-            let through = cluster.replica(node).unwrap().learner().applied_through();
-            let _ = cluster.compact(node, through, b"state".to_vec());
-        }
         let installed = cluster.events(3).iter().any(|event| matches!(event, paxos_core::Event::SnapshotInstalled(_)));
         assert!(!installed, "{protocol:?}: node 3 was sent a snapshot though the slots it lacked were kept");
         let applied_3: Vec<u64> = cluster.applied_commands(3).iter().map(|c| c.id.sequence).collect();

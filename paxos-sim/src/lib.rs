@@ -630,6 +630,9 @@ fn run_inner(config: &SimConfig, step: &mut u64) -> Result<Summary, String> {
                 }
             }
         }
+        // Every replica's own safety assertions (a failure panics, reported
+        // as a violation with its seed), then agreement across replicas.
+        cluster.check_invariants();
         checker.check(&cluster)?;
         acknowledge(&cluster, &mut clients, &mut checker);
     }
