@@ -424,9 +424,12 @@ impl Core {
             }
         }
         self.catch_up_sent_at = Some(self.ticks);
-        if let Some(request) = self.snapshot_receiver.resume(peer, self.learner.applied_through(), self.ticks) {
-            // A snapshot from this peer is under way: ask again for its next part.
-            self.actions.send(peer, request);
+        let again = self.snapshot_receiver.resume(peer, self.learner.applied_through(), self.ticks);
+        if !again.is_empty() {
+            // A snapshot from this peer is under way: ask again for the parts not yet here.
+            for request in again {
+                self.actions.send(peer, request);
+            }
             return;
         }
         tracing::debug!(node = self.id(), peer, from_slot = self.learner.applied_through() + 1, "catch-up requested");
