@@ -323,6 +323,17 @@ mod tests {
         Snapshot { through_slot, data: vec![fill; data_bytes], ..Snapshot::default() }
     }
 
+    /// A transfer of `newest` in parts of 1000 bytes, its first part taken:
+    /// the two sides, the encoding's id and length, and the requests made.
+    fn started(newest: &Snapshot) -> (Sender, Receiver, SnapshotId, u64, Vec<Message>) {
+        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
+        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(newest, 0, 1000, 0) else {
+            panic!()
+        };
+        let Taken::Next(requests) = receiver.take(1, id, offset, total, &bytes, 0) else { panic!() };
+        (sender, receiver, id, total, requests)
+    }
+
     /// Runs a transfer from `first` on: the parts the receiver asks for, in the
     /// order asked, until it ends or asks for nothing more. Returns how it ended
     /// and the most requests outstanding at once.
@@ -413,12 +424,7 @@ mod tests {
     #[test]
     fn a_resend_asks_again_for_every_missing_part() {
         let newest = snapshot(40, 10_000, 5);
-        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
-        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&newest, 0, 1000, 0)
-        else {
-            panic!()
-        };
-        let Taken::Next(requests) = receiver.take(1, id, offset, total, &bytes, 0) else { panic!() };
+        let (mut sender, mut receiver, id, total, requests) = started(&newest);
         assert_eq!(requests.len() as u64, PARTS_IN_FLIGHT);
         let part = |offset: u64, sender: &mut Sender| match sender.part_of(id, offset, 1000, 0) {
             Some(Message::SnapshotPart { bytes, .. }) => bytes,
@@ -552,12 +558,7 @@ mod tests {
     #[test]
     fn parts_out_of_order_are_held_and_joined_in_order() {
         let newest = snapshot(40, 10_000, 9);
-        let (mut sender, mut receiver) = (Sender::default(), Receiver::new(10));
-        let Some(Message::SnapshotPart { id, offset, total, bytes }) = sender.part_of_newest(&newest, 0, 1000, 0)
-        else {
-            panic!()
-        };
-        let Taken::Next(requests) = receiver.take(1, id, offset, total, &bytes, 0) else { panic!() };
+        let (mut sender, mut receiver, id, total, requests) = started(&newest);
         let offsets: Vec<u64> = requests
             .iter()
             .map(|request| match request {
