@@ -183,6 +183,10 @@ pub(crate) struct Core {
     snapshot_receiver: snapshot_transfer::Receiver,
     /// The newest compacted slots, kept to catch peers up by log.
     kept: KeptLog,
+    /// Per peer, when it was last sent our newest snapshot's first part in
+    /// answer to a request for an encoding no longer served: the other
+    /// requests of the same window get nothing, not a copy each.
+    restarted_at: Vec<(NodeId, u64)>,
 }
 
 impl Core {
@@ -204,6 +208,7 @@ impl Core {
             snapshot_sender: snapshot_transfer::Sender::default(),
             snapshot_receiver: snapshot_transfer::Receiver::new(4 * config.retransmit_ticks),
             kept: KeptLog::default(),
+            restarted_at: Vec::new(),
             config,
         };
         if let Some(snapshot) = &durable.snapshot {
@@ -547,6 +552,16 @@ impl Core {
         if let Some(part) = self.snapshot_sender.part_of(id, offset, part_max, self.ticks) {
             self.actions.send(from, part);
         } else if self.snapshot.as_ref().is_some_and(|snapshot| snapshot.through_slot >= id.through_slot) {
+            let ticks = self.ticks;
+            let resend_after = self.config.retransmit_ticks;
+            let position = self.restarted_at.iter().position(|(peer, _)| *peer == from);
+            if position.is_some_and(|position| ticks < self.restarted_at[position].1 + resend_after) {
+                return;
+            }
+            match position {
+                Some(position) => self.restarted_at[position].1 = ticks,
+                None => self.restarted_at.push((from, ticks)),
+            }
             self.send_newest_snapshot(from);
         }
     }
@@ -632,5 +647,35 @@ impl Core {
             assert!(self.kept.len() as u64 <= self.config.compaction_keep_slots);
             assert!(self.kept.bytes() <= self.config.compaction_keep_bytes_max);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests for parts of an encoding this replica no longer serves, the
+    /// four of one window: the first is answered with the first part of the
+    /// newest snapshot, the others with nothing, until a resend is due.
+    #[test]
+    fn a_window_of_requests_for_a_forgotten_encoding_gets_one_first_part() {
+        let snapshot = Snapshot { through_slot: 40, data: vec![7; 10_000], ..Snapshot::default() };
+        let durable = DurableState { snapshot: Some(snapshot), ..DurableState::default() };
+        let mut core = Core::new(Config::new(1, vec![1, 2, 3], Protocol::Multi), &durable).unwrap();
+        let forgotten = SnapshotId { through_slot: 40, digest: 1 };
+        let first_parts = |core: &mut Core| {
+            let mut actions = Actions::default();
+            core.drain_actions_into(&mut actions);
+            actions.send.iter().filter(|sent| matches!(sent.message, Message::SnapshotPart { offset: 0, .. })).count()
+        };
+        for offset in [1000, 2000, 3000, 4000] {
+            core.on_snapshot_part_request(2, forgotten, offset);
+        }
+        assert_eq!(first_parts(&mut core), 1);
+        core.on_snapshot_part_request(3, forgotten, 1000);
+        assert_eq!(first_parts(&mut core), 1, "another peer is answered");
+        core.ticks += core.config.retransmit_ticks;
+        core.on_snapshot_part_request(2, forgotten, 1000);
+        assert_eq!(first_parts(&mut core), 1, "a resend is answered");
     }
 }
