@@ -355,8 +355,10 @@ impl NodeHandle {
 
     /// Replaces the log through `through_slot` (an applied slot, as given in
     /// [`Entry::slot`]) by a snapshot holding the application's `data`, so storage
-    /// and memory stop growing. A replica that later needs those slots receives
-    /// the snapshot (as [`Event::SnapshotInstalled`]) instead. `Ok` says the
+    /// and memory stop growing. A replica that later needs those slots is sent
+    /// them from the newest ones kept in memory
+    /// ([`Config::compaction_keep_slots`](crate::Config::compaction_keep_slots)),
+    /// or, if it lags further, the snapshot (as [`Event::SnapshotInstalled`]). `Ok` says the
     /// snapshot is taken; it reaches storage with the node's next write, and a
     /// crash before that leaves the log whole, which is as safe.
     pub async fn compact(

@@ -154,6 +154,47 @@ async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
     }
 }
 
+/// Through the node: a replica that was down while the others compacted
+/// catches up from the compacted slots they keep, so it applies every command
+/// itself and serves the whole log, where one sent the snapshot would serve
+/// nothing below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_after_a_compaction_catches_up_from_kept_slots() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let handles = start_cluster(Protocol::Multi, &network, &storages, tokio_spawn).await;
+    for sequence in 1..=5u64 {
+        add(&handles, 0, Command::new(1, sequence, b"before".to_vec())).await;
+    }
+    assert!(applied_at_least(&handles[2], 5).await);
+    network.isolate(3);
+    handles[2].shutdown();
+    for sequence in 6..=40u64 {
+        add(&handles, 0, Command::new(1, sequence, b"while down".to_vec())).await;
+    }
+    for handle in &handles[..2] {
+        assert!(applied_at_least(handle, 40).await);
+        let through = handle.status().await.unwrap().applied_through;
+        handle.compact(through, b"state".to_vec()).await.unwrap().unwrap();
+        assert_eq!(handle.get(0).await.unwrap(), None, "node {} compacted", handle.node_id());
+    }
+    network.heal();
+    let restarted = start_node(Protocol::Multi, 3, &network, storages[2].clone(), tokio_spawn).await;
+    let mut events = restarted.events().await.unwrap();
+    add(&handles, 0, Command::new(1, 41, b"after".to_vec())).await;
+    assert!(applied_at_least(&restarted, 41).await, "node 3 caught up");
+    for index in 0..41 {
+        let entry = restarted.get(index).await.unwrap();
+        assert_eq!(entry.map(|command| command.id.sequence), Some(index + 1), "node 3 applied entry {index} itself");
+    }
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
+        assert!(!matches!(event, paxos_core::Event::SnapshotInstalled(_)), "node 3 was sent the snapshot");
+    }
+    for handle in handles.iter().chain([&restarted]) {
+        handle.shutdown();
+    }
+}
+
 fn tokio_spawn(future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
     tokio::spawn(future);
 }
