@@ -160,7 +160,8 @@ pub enum Event {
     },
     /// This replica was too far behind and installed a peer's snapshot: the
     /// application must replace its state with `snapshot.data`. Applied entries
-    /// continue from `snapshot.next_index`.
+    /// continue from `snapshot.next_index`. `NodeHandle::subscribe_from` puts it
+    /// among the entries, in log order.
     SnapshotInstalled(crate::storage::Snapshot),
     /// Commands this replica held but will not get chosen, for example because it
     /// stopped being leader before giving them a slot. Their clients should retry.

@@ -474,6 +474,11 @@ impl Learner {
     /// The fresh command at log `index`, if applied and not discarded. `acceptor`
     /// is the same replica's ([`crate::Replica::log_entry`] passes it).
     pub fn get<'a>(&'a self, index: u64, acceptor: &'a Acceptor) -> Option<&'a Command> {
+        self.entry(index, acceptor).map(|(_, command)| command)
+    }
+
+    /// [`Learner::get`], with the slot whose value carried the command.
+    pub fn entry<'a>(&'a self, index: u64, acceptor: &'a Acceptor) -> Option<(Slot, &'a Command)> {
         let run_position = self.runs.partition_point(|run| run.first_index <= index).checked_sub(1)?;
         let run = &self.runs[run_position];
         let value = self.chosen(run.slot, acceptor)?;
@@ -484,7 +489,7 @@ impl Learner {
                 continue;
             }
             if wanted == 0 {
-                return Some(command);
+                return Some((run.slot, command));
             }
             wanted -= 1;
         }

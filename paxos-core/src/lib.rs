@@ -65,7 +65,7 @@ pub use basic::BasicPaxos;
 pub use config::{Config, ConfigError, Protocol};
 pub use message::{AcceptedEntry, Command, CommandId, Message, Outgoing, PrepareScope, Value};
 pub use multi::MultiPaxos;
-pub use node::{Node, NodeError, NodeHandle};
+pub use node::{Applied, Entry, Node, NodeError, NodeHandle};
 pub use replica::{new_replica, CompactError, ProposeError, Replica, Role, Status};
 pub use storage::{AppliedSequences, ClientDedup, DurableState, SlotState, Snapshot, Storage, StorageOp};
 pub use transport::{InboxBytes, OutboundQueue, Transport};

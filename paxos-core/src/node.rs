@@ -150,6 +150,18 @@ pub struct Entry {
     pub command: Command,
 }
 
+/// What [`NodeHandle::subscribe_from`] yields, in log order: everything an
+/// application needs to build its state from a point on, across compactions,
+/// snapshot installs and restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Replace the application's state with `snapshot.data`: it stands for every
+    /// entry before `snapshot.next_index`, and the entries go on from there.
+    Snapshot(crate::storage::Snapshot),
+    /// The next applied command.
+    Entry(Entry),
+}
+
 /// Where a submission's answer goes: one index (`add`) or one per command (`add_many`).
 enum AddReply {
     One(oneshot::Sender<Result<u64, NodeError>>),
@@ -184,7 +196,8 @@ enum Request {
     AddOne { command: Command, reply: AddReply },
     Get { index: u64, reply: oneshot::Sender<Option<Command>> },
     Status { reply: oneshot::Sender<Status> },
-    Subscribe { subscriber: Subscriber },
+    Subscribe { subscriber: Subscriber<Entry> },
+    SubscribeFrom { from_index: u64, subscriber: Subscriber<Applied> },
     Events { events: mpsc::Sender<Event> },
     Compact { through_slot: Slot, data: Vec<u8>, reply: oneshot::Sender<Result<(), crate::CompactError>> },
     Shutdown,
@@ -255,6 +268,7 @@ impl Node {
             resubmit_ticks,
             recent: Recent::new(options.recent_ids_max),
             subscribers: Vec::new(),
+            appliers: Vec::new(),
             event_watchers: Vec::new(),
             deferred: PersistThen::default(),
             queued: PersistThen::default(),
@@ -335,15 +349,28 @@ impl NodeHandle {
     /// Every command applied from now on, in log order (seed 004's "event
     /// triggered each time an item is added").
     pub async fn subscribe(&self) -> Result<impl futures::Stream<Item = Entry>, NodeError> {
-        // Entries travel in one batch per decided slot; `buffered` counts the
+        // Entries travel in one batch per decided slot; the stream counts the
         // entries sent and not yet taken, against `subscriber_buffer_max`.
-        let (entries, stream) = mpsc::unbounded();
-        let buffered = std::sync::Arc::new(AtomicUsize::new(0));
-        self.request(Request::Subscribe { subscriber: Subscriber { entries, buffered: buffered.clone() } }).await?;
-        Ok(stream.flat_map(move |batch: Vec<Entry>| {
-            buffered.fetch_sub(batch.len(), Ordering::Relaxed);
-            futures::stream::iter(batch)
-        }))
+        let (subscriber, stream) = Subscriber::new();
+        self.request(Request::Subscribe { subscriber }).await?;
+        Ok(stream)
+    }
+
+    /// The log from entry `from_index` on, in order and then as it grows: what
+    /// an application builds its state from, after a restart too. When entries
+    /// from `from_index` were compacted away, the stream starts with the
+    /// snapshot that stands for them ([`Applied::Snapshot`]), then the entries
+    /// after it; a snapshot installed later (this replica lagged too far) comes
+    /// in its place among the entries. An application that keeps its own state
+    /// durably passes the index it holds through plus one; one that does not, 0.
+    ///
+    /// What is already applied is sent at once whatever its length (it is in
+    /// memory already); after that, a stream that falls `subscriber_buffer_max`
+    /// items behind is ended, as [`NodeHandle::subscribe`]'s is.
+    pub async fn subscribe_from(&self, from_index: u64) -> Result<impl futures::Stream<Item = Applied>, NodeError> {
+        let (subscriber, stream) = Subscriber::new();
+        self.request(Request::SubscribeFrom { from_index, subscriber }).await?;
+        Ok(stream)
     }
 
     /// Leader changes and dropped commands, from now on.
@@ -377,15 +404,28 @@ impl NodeHandle {
     }
 }
 
-/// One `subscribe` stream: batches of entries, and how many entries are sent and not yet taken.
-struct Subscriber {
-    entries: mpsc::UnboundedSender<Vec<Entry>>,
+/// One `subscribe` or `subscribe_from` stream: batches of items, and how many
+/// items are sent and not yet taken.
+struct Subscriber<T> {
+    entries: mpsc::UnboundedSender<Vec<T>>,
     buffered: std::sync::Arc<AtomicUsize>,
 }
 
-impl Subscriber {
-    /// Sends `batch`; false when the subscriber went away or would exceed `limit` entries buffered.
-    fn offer(&self, batch: Vec<Entry>, limit: usize) -> bool {
+impl<T> Subscriber<T> {
+    /// A subscriber and the stream of what it is sent, one item at a time.
+    fn new() -> (Subscriber<T>, impl futures::Stream<Item = T>) {
+        let (entries, stream) = mpsc::unbounded();
+        let buffered = std::sync::Arc::new(AtomicUsize::new(0));
+        let taken = buffered.clone();
+        let stream = stream.flat_map(move |batch: Vec<T>| {
+            taken.fetch_sub(batch.len(), Ordering::Relaxed);
+            futures::stream::iter(batch)
+        });
+        (Subscriber { entries, buffered }, stream)
+    }
+
+    /// Sends `batch`; false when the subscriber went away or would exceed `limit` items buffered.
+    fn offer(&self, batch: Vec<T>, limit: usize) -> bool {
         let count = batch.len();
         if self.buffered.load(Ordering::Relaxed) + count > limit {
             return false;
@@ -572,7 +612,9 @@ struct Driver<T, S> {
     ticks: u64,
     resubmit_ticks: u64,
     recent: Recent,
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<Subscriber<Entry>>,
+    /// `subscribe_from` streams, each with the index of the next entry it takes.
+    appliers: Vec<(Subscriber<Applied>, u64)>,
     event_watchers: Vec<mpsc::Sender<Event>>,
     /// Chosen records held back from storage (see [`PersistThen::is_deferrable`]):
     /// they go out in front of the next write that must be durable, or at the
@@ -913,6 +955,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
                 let _ = reply.send(self.replica.status());
             }
             Request::Subscribe { subscriber } => self.subscribers.push(subscriber),
+            Request::SubscribeFrom { from_index, subscriber } => self.start_applier(from_index, subscriber),
             Request::Events { events } => self.event_watchers.push(events),
             Request::Compact { through_slot, data, reply } => {
                 let compacted = self.replica.compact(through_slot, data);
@@ -940,8 +983,24 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         for outgoing in actions.send {
             self.dispatch(outgoing);
         }
+        // A snapshot installed in this step goes to `subscribe_from` streams
+        // between the entries before it and those after it.
+        let mut installed: VecDeque<crate::storage::Snapshot> = VecDeque::new();
+        if !self.appliers.is_empty() {
+            installed.extend(actions.events.iter().filter_map(|event| match event {
+                Event::SnapshotInstalled(snapshot) => Some(snapshot.clone()),
+                _ => None,
+            }));
+        }
         for decided in actions.decided {
+            while installed.front().is_some_and(|snapshot| snapshot.next_index <= decided.first_index) {
+                let snapshot = installed.pop_front().expect("just seen");
+                self.offer_snapshot(snapshot);
+            }
             self.deliver(decided);
+        }
+        for snapshot in installed {
+            self.offer_snapshot(snapshot);
         }
         // Events go with the decisions they came with, so a failed write below
         // cannot leave the application with the one and not the other.
@@ -1065,6 +1124,44 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         }
     }
 
+    /// Starts a `subscribe_from` stream at `from_index`: the snapshot, if the
+    /// entries from there were compacted away, then every entry applied since.
+    fn start_applier(&mut self, from_index: u64, subscriber: Subscriber<Applied>) {
+        let mut next = from_index;
+        let mut batch = Vec::new();
+        if let Some(snapshot) = self.replica.snapshot() {
+            if next < snapshot.next_index {
+                batch.push(Applied::Snapshot(snapshot.clone()));
+                next = snapshot.next_index;
+            }
+        }
+        let learner = self.replica.learner();
+        let acceptor = self.replica.acceptor();
+        while next < learner.next_index() {
+            let Some((slot, command)) = learner.entry(next, acceptor) else { break };
+            batch.push(Applied::Entry(Entry { index: next, slot, command: command.clone() }));
+            next += 1;
+        }
+        // What is applied already goes whatever its length: it is held in memory anyway.
+        if batch.is_empty() || subscriber.offer(batch, usize::MAX) {
+            self.appliers.push((subscriber, next));
+        }
+    }
+
+    /// Sends a snapshot this replica installed to the `subscribe_from` streams
+    /// it takes them past.
+    fn offer_snapshot(&mut self, snapshot: crate::storage::Snapshot) {
+        let limit = self.options.subscriber_buffer_max;
+        self.appliers.retain_mut(|(applier, next)| {
+            if snapshot.next_index <= *next {
+                // The application is there already.
+                return true;
+            }
+            *next = snapshot.next_index;
+            applier.offer(vec![Applied::Snapshot(snapshot.clone())], limit)
+        });
+    }
+
     fn deliver(&mut self, decided: Decided) {
         if self.options.auto_compact_bytes.is_some() {
             let bytes: usize = decided.value.commands().iter().map(|command| command.payload.len()).sum();
@@ -1082,29 +1179,26 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
             self.recent.insert(command.id, index);
         }
-        if !self.subscribers.is_empty() {
+        if !self.subscribers.is_empty() || !self.appliers.is_empty() {
             let batch: Vec<Entry> = decided
                 .entries()
                 .map(|(index, command)| Entry { index, slot: decided.slot, command: command.clone() })
                 .collect();
             if !batch.is_empty() {
                 let limit = self.options.subscriber_buffer_max;
-                let last = self.subscribers.len() - 1;
-                let mut position = 0;
-                let mut batch = Some(batch);
-                self.subscribers.retain(|subscriber| {
-                    let mine = if position == last {
-                        batch.take().unwrap_or_default()
-                    } else {
-                        batch.clone().unwrap_or_default()
-                    };
-                    position += 1;
-                    let kept = subscriber.offer(mine, limit);
-                    if !kept {
-                        tracing::warn!("a subscriber fell behind or went away; disconnected");
+                for (applier, next) in &mut self.appliers {
+                    let mine: Vec<Applied> =
+                        batch.iter().filter(|entry| entry.index >= *next).cloned().map(Applied::Entry).collect();
+                    if let Some(Applied::Entry(last)) = mine.last() {
+                        *next = last.index + 1;
                     }
-                    kept
-                });
+                    if !mine.is_empty() && !applier.offer(mine, limit) {
+                        // Marked gone: dropped below.
+                        *next = u64::MAX;
+                    }
+                }
+                self.appliers.retain(|(_, next)| *next != u64::MAX);
+                offer_to_all(&mut self.subscribers, batch, limit);
             }
         }
         // A retried command that was already applied: answer with its first index.
@@ -1120,6 +1214,26 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
         }
     }
+}
+
+/// Offers `batch` to every subscriber (the last takes it, the others a copy),
+/// dropping those that went away or fell `limit` items behind.
+fn offer_to_all<T: Clone>(subscribers: &mut Vec<Subscriber<T>>, batch: Vec<T>, limit: usize) {
+    if subscribers.is_empty() {
+        return;
+    }
+    let last = subscribers.len() - 1;
+    let mut position = 0;
+    let mut batch = Some(batch);
+    subscribers.retain(|subscriber| {
+        let mine = if position == last { batch.take().unwrap_or_default() } else { batch.clone().unwrap_or_default() };
+        position += 1;
+        let kept = subscriber.offer(mine, limit);
+        if !kept {
+            tracing::warn!("a subscriber fell behind or went away; disconnected");
+        }
+        kept
+    });
 }
 
 #[cfg(test)]

@@ -78,6 +78,17 @@ async fn applied_at_least(handle: &NodeHandle, count: u64) -> bool {
     false
 }
 
+/// Polls until `handle` knows every slot through `slot` is chosen; false after about 10 s.
+async fn knows_chosen_through(handle: &NodeHandle, slot: u64) -> bool {
+    for _ in 0..5000 {
+        if handle.status().await.unwrap().known_chosen_through >= slot {
+            return true;
+        }
+        futures_timer::Delay::new(Duration::from_millis(2)).await;
+    }
+    false
+}
+
 async fn cluster_scenario(protocol: Protocol, spawn: Spawn) {
     let network = MemoryNetwork::new();
     let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
@@ -191,6 +202,125 @@ async fn a_replica_back_after_a_compaction_catches_up_from_kept_slots() {
         assert!(!matches!(event, paxos_core::Event::SnapshotInstalled(_)), "node 3 was sent the snapshot");
     }
     for handle in handles.iter().chain([&restarted]) {
+        handle.shutdown();
+    }
+}
+
+/// An application's state built from `subscribe_from`: the sequence numbers of
+/// the commands applied, in log order; a snapshot's data is that list, encoded.
+#[derive(Debug, Default)]
+struct AppState {
+    sequences: Vec<u64>,
+    snapshots_taken: usize,
+}
+
+impl AppState {
+    fn encode(sequences: &[u64]) -> Vec<u8> {
+        sequences.iter().flat_map(|sequence| sequence.to_le_bytes()).collect()
+    }
+
+    fn apply(&mut self, applied: paxos_core::Applied) {
+        match applied {
+            paxos_core::Applied::Snapshot(snapshot) => {
+                self.sequences =
+                    snapshot.data.chunks(8).map(|bytes| u64::from_le_bytes(bytes.try_into().unwrap())).collect();
+                assert_eq!(
+                    self.sequences.len() as u64,
+                    snapshot.next_index,
+                    "the snapshot stands for every entry before it"
+                );
+                self.snapshots_taken += 1;
+            }
+            paxos_core::Applied::Entry(entry) => {
+                assert_eq!(entry.index, self.sequences.len() as u64, "entries come in order, with no gap");
+                self.sequences.push(entry.command.id.sequence);
+            }
+        }
+    }
+
+    /// Applies what the stream holds now, until `count` entries are covered.
+    async fn follow(&mut self, stream: &mut (impl futures::Stream<Item = paxos_core::Applied> + Unpin), count: usize) {
+        while self.sequences.len() < count {
+            let applied = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the stream went quiet")
+                .expect("the stream stays open");
+            self.apply(applied);
+        }
+    }
+}
+
+/// `subscribe_from` gives an application everything it needs, in order: a
+/// replica that lagged past the others' compaction (which keep no slots) is
+/// sent the snapshot between the entries before and after it, and a replica
+/// restarted from storage that holds a snapshot starts its stream with that
+/// snapshot, or, from a later index, with the entries from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let start = |id: u64| {
+        let network = &network;
+        let storage = storages[(id - 1) as usize].clone();
+        async move {
+            let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
+            config.election_timeout_ticks = 10;
+            config.compaction_keep_slots = 0;
+            let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
+            tokio::spawn(async move { driver.await.expect("driver failed") });
+            handle
+        }
+    };
+    let handles = vec![start(1).await, start(2).await, start(3).await];
+    let mut stream_3 = Box::pin(handles[2].subscribe_from(0).await.unwrap());
+    let mut state_3 = AppState::default();
+    for sequence in 1..=10u64 {
+        add(&handles, 0, Command::new(1, sequence, b"x".to_vec())).await;
+    }
+    state_3.follow(&mut stream_3, 10).await;
+    network.isolate(3);
+    for sequence in 11..=30u64 {
+        add(&handles, 0, Command::new(1, sequence, b"x".to_vec())).await;
+    }
+    for handle in &handles[..2] {
+        assert!(applied_at_least(handle, 30).await);
+        let status = handle.status().await.unwrap();
+        let mut sequences = Vec::new();
+        for index in 0..status.next_index {
+            sequences.push(handle.get(index).await.unwrap().unwrap().id.sequence);
+        }
+        handle.compact(status.applied_through, AppState::encode(&sequences)).await.unwrap().unwrap();
+    }
+    // Node 3 hears again, but its own messages are lost for now: it accepts
+    // slot 31 and learns that it is chosen before it can ask for what it lacks,
+    // so the step that installs the snapshot applies slot 31 too.
+    network.heal();
+    network.block(3, 1);
+    network.block(3, 2);
+    add(&handles, 0, Command::new(1, 31, b"x".to_vec())).await;
+    let chosen_through_31 = handles[0].status().await.unwrap().applied_through;
+    assert!(knows_chosen_through(&handles[2], chosen_through_31).await, "node 3 learned that slot 31 is chosen");
+    network.heal();
+    state_3.follow(&mut stream_3, 31).await;
+    assert_eq!(state_3.sequences, (1..=31).collect::<Vec<u64>>());
+    assert_eq!(state_3.snapshots_taken, 1, "node 3 lagged past the compaction and took the snapshot");
+
+    // Node 1 restarts from storage that holds its snapshot and one entry after it.
+    network.isolate(1);
+    handles[0].shutdown();
+    network.heal();
+    let restarted = start(1).await;
+    assert!(applied_at_least(&restarted, 31).await);
+    let mut from_start = AppState::default();
+    from_start.follow(&mut Box::pin(restarted.subscribe_from(0).await.unwrap()), 31).await;
+    assert_eq!(from_start.sequences, (1..=31).collect::<Vec<u64>>());
+    assert_eq!(from_start.snapshots_taken, 1, "a stream from 0 starts with the snapshot");
+    // An application that holds the first 30 entries itself gets the 31st alone.
+    let mut held = AppState { sequences: (1..=30).collect(), snapshots_taken: 0 };
+    held.follow(&mut Box::pin(restarted.subscribe_from(30).await.unwrap()), 31).await;
+    assert_eq!(held.sequences, (1..=31).collect::<Vec<u64>>());
+    assert_eq!(held.snapshots_taken, 0);
+    for handle in [&restarted, &handles[1], &handles[2]] {
         handle.shutdown();
     }
 }

@@ -119,6 +119,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ("cluster", &[]),
     ("custom_storage", &[]),
     ("custom_transport", &[]),
+    ("kv_store", &[]),
     ("tcp_file_cluster", &["tcp", "tokio", "file"]),
 ];
 
