@@ -496,6 +496,31 @@ impl Learner {
         None
     }
 
+    /// The fresh commands from log `index` on, in order, as `(index, slot,
+    /// command, last fresh command of its slot)`: a walk of the applied runs,
+    /// each slot's commands read once. `acceptor` is the same replica's.
+    pub fn entries_from<'a>(
+        &'a self,
+        index: u64,
+        acceptor: &'a Acceptor,
+    ) -> impl Iterator<Item = (u64, Slot, &'a Command, bool)> + 'a {
+        let start = self.runs.partition_point(|run| run.first_index <= index).saturating_sub(1);
+        self.runs
+            .range(start..)
+            .flat_map(move |run| {
+                let duplicates = self.duplicates.get(&run.slot).map(Vec::as_slice).unwrap_or(&[]);
+                let commands = self.chosen(run.slot, acceptor).map(Value::commands).unwrap_or(&[]);
+                let fresh = commands.len() - duplicates.len();
+                commands
+                    .iter()
+                    .enumerate()
+                    .filter(move |(position, _)| !duplicates.contains(&(*position as u32)))
+                    .enumerate()
+                    .map(move |(nth, (_, command))| (run.first_index + nth as u64, run.slot, command, nth + 1 == fresh))
+            })
+            .skip_while(move |(at, ..)| *at < index)
+    }
+
     /// `(slot, value)` for chosen slots from `from` on, up to `count` of them,
     /// stopping at the first slot not known chosen.
     pub fn chosen_run(&self, from: Slot, count: usize, acceptor: &Acceptor) -> Vec<Value> {

@@ -120,6 +120,11 @@ impl MemoryNetwork {
         self.lock().blocked.insert((from, to));
     }
 
+    /// Restores the link from `from` to `to` only.
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.remove(&(from, to));
+    }
+
     /// Disconnects `node` entirely, as if it crashed: messages to it are lost.
     pub fn isolate(&self, node: NodeId) {
         let nodes: Vec<NodeId> = self.lock().inboxes.keys().copied().collect();

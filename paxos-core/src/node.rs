@@ -148,6 +148,9 @@ pub struct Entry {
     pub slot: Slot,
     /// The command.
     pub command: Command,
+    /// Whether it is the slot's last fresh command: an application's state
+    /// through this entry is what [`NodeHandle::compact`] at `slot` takes.
+    pub last_in_slot: bool,
 }
 
 /// What [`NodeHandle::subscribe_from`] yields, in log order: everything an
@@ -155,8 +158,10 @@ pub struct Entry {
 /// snapshot installs and restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// Replace the application's state with `snapshot.data`: it stands for every
-    /// entry before `snapshot.next_index`, and the entries go on from there.
+    /// Replace the application's state with `snapshot.data` (what the
+    /// application gave [`NodeHandle::compact`]; empty for an automatic
+    /// compaction): it stands for every entry before `snapshot.next_index`, and
+    /// the entries go on from there.
     Snapshot(crate::storage::Snapshot),
     /// The next applied command.
     Entry(Entry),
@@ -361,12 +366,19 @@ impl NodeHandle {
     /// from `from_index` were compacted away, the stream starts with the
     /// snapshot that stands for them ([`Applied::Snapshot`]), then the entries
     /// after it; a snapshot installed later (this replica lagged too far) comes
-    /// in its place among the entries. An application that keeps its own state
-    /// durably passes the index it holds through plus one; one that does not, 0.
+    /// in its place among the entries, so an application that reads this stream
+    /// does not also take [`Event::SnapshotInstalled`] from [`NodeHandle::events`].
+    /// An application that keeps its own state durably passes the index it holds
+    /// through plus one (a later index than the replica has applied waits for
+    /// it); one that does not, 0.
     ///
-    /// What is already applied is sent at once whatever its length (it is in
-    /// memory already); after that, a stream that falls `subscriber_buffer_max`
-    /// items behind is ended, as [`NodeHandle::subscribe`]'s is.
+    /// A snapshot's data is what the application gave [`NodeHandle::compact`]:
+    /// compact with your state at an entry whose `last_in_slot` is set, and
+    /// leave `NodeOptions::auto_compact_*` off, since automatic compactions
+    /// carry no application data. The stream holds at most
+    /// `subscriber_buffer_max` items not yet taken; one that falls behind is not
+    /// ended, it goes on from the log as it takes its items, or from the
+    /// snapshot if the log was compacted past it meanwhile.
     pub async fn subscribe_from(&self, from_index: u64) -> Result<impl futures::Stream<Item = Applied>, NodeError> {
         let (subscriber, stream) = Subscriber::new();
         self.request(Request::SubscribeFrom { from_index, subscriber }).await?;
@@ -760,6 +772,7 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
             let actions = self.replica.take_actions();
             if actions.is_empty() {
+                self.fill_appliers();
                 return;
             }
             self.carry_out(actions);
@@ -983,24 +996,8 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         for outgoing in actions.send {
             self.dispatch(outgoing);
         }
-        // A snapshot installed in this step goes to `subscribe_from` streams
-        // between the entries before it and those after it.
-        let mut installed: VecDeque<crate::storage::Snapshot> = VecDeque::new();
-        if !self.appliers.is_empty() {
-            installed.extend(actions.events.iter().filter_map(|event| match event {
-                Event::SnapshotInstalled(snapshot) => Some(snapshot.clone()),
-                _ => None,
-            }));
-        }
         for decided in actions.decided {
-            while installed.front().is_some_and(|snapshot| snapshot.next_index <= decided.first_index) {
-                let snapshot = installed.pop_front().expect("just seen");
-                self.offer_snapshot(snapshot);
-            }
             self.deliver(decided);
-        }
-        for snapshot in installed {
-            self.offer_snapshot(snapshot);
         }
         // Events go with the decisions they came with, so a failed write below
         // cannot leave the application with the one and not the other.
@@ -1124,41 +1121,46 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
         }
     }
 
-    /// Starts a `subscribe_from` stream at `from_index`: the snapshot, if the
-    /// entries from there were compacted away, then every entry applied since.
+    /// Starts a `subscribe_from` stream at `from_index`.
     fn start_applier(&mut self, from_index: u64, subscriber: Subscriber<Applied>) {
-        let mut next = from_index;
-        let mut batch = Vec::new();
-        if let Some(snapshot) = self.replica.snapshot() {
-            if next < snapshot.next_index {
-                batch.push(Applied::Snapshot(snapshot.clone()));
-                next = snapshot.next_index;
-            }
-        }
-        let learner = self.replica.learner();
-        let acceptor = self.replica.acceptor();
-        while next < learner.next_index() {
-            let Some((slot, command)) = learner.entry(next, acceptor) else { break };
-            batch.push(Applied::Entry(Entry { index: next, slot, command: command.clone() }));
-            next += 1;
-        }
-        // What is applied already goes whatever its length: it is held in memory anyway.
-        if batch.is_empty() || subscriber.offer(batch, usize::MAX) {
-            self.appliers.push((subscriber, next));
-        }
+        self.appliers.push((subscriber, from_index));
+        self.fill_appliers();
     }
 
-    /// Sends a snapshot this replica installed to the `subscribe_from` streams
-    /// it takes them past.
-    fn offer_snapshot(&mut self, snapshot: crate::storage::Snapshot) {
+    /// Sends each `subscribe_from` stream what it has room for, from the index
+    /// it takes next: the snapshot first if the entries from there were
+    /// compacted (by this node, or by a snapshot it installed), then the
+    /// applied entries, read from the replica's log. A stream that falls behind
+    /// is not dropped: it goes on from the log when it takes its items, or from
+    /// the snapshot if the log moved past it meanwhile. Runs at the end of every
+    /// round, so a stream that keeps up gets each entry in the round it is applied.
+    fn fill_appliers(&mut self) {
+        if self.appliers.is_empty() {
+            return;
+        }
         let limit = self.options.subscriber_buffer_max;
+        let snapshot = self.replica.snapshot();
+        let learner = self.replica.learner();
+        let acceptor = self.replica.acceptor();
+        let end = learner.next_index();
         self.appliers.retain_mut(|(applier, next)| {
-            if snapshot.next_index <= *next {
-                // The application is there already.
-                return true;
+            if applier.entries.is_closed() {
+                return false;
             }
-            *next = snapshot.next_index;
-            applier.offer(vec![Applied::Snapshot(snapshot.clone())], limit)
+            let mut batch = Vec::new();
+            if let Some(snapshot) = snapshot.filter(|snapshot| *next < snapshot.next_index) {
+                batch.push(Applied::Snapshot(snapshot.clone()));
+                *next = snapshot.next_index;
+            }
+            let room = limit.saturating_sub(applier.buffered.load(Ordering::Relaxed) + batch.len());
+            if *next < end && room > 0 {
+                for (index, slot, command, last_in_slot) in learner.entries_from(*next, acceptor).take(room) {
+                    batch.push(Applied::Entry(Entry { index, slot, command: command.clone(), last_in_slot }));
+                    *next = index + 1;
+                }
+            }
+            // Room was checked above: the offer only fails for a stream gone.
+            batch.is_empty() || applier.offer(batch, usize::MAX)
         });
     }
 
@@ -1179,26 +1181,19 @@ impl<T: Transport, S: Storage + 'static> Driver<T, S> {
             }
             self.recent.insert(command.id, index);
         }
-        if !self.subscribers.is_empty() || !self.appliers.is_empty() {
-            let batch: Vec<Entry> = decided
+        if !self.subscribers.is_empty() {
+            let mut batch: Vec<Entry> = decided
                 .entries()
-                .map(|(index, command)| Entry { index, slot: decided.slot, command: command.clone() })
+                .map(|(index, command)| Entry {
+                    index,
+                    slot: decided.slot,
+                    command: command.clone(),
+                    last_in_slot: false,
+                })
                 .collect();
-            if !batch.is_empty() {
-                let limit = self.options.subscriber_buffer_max;
-                for (applier, next) in &mut self.appliers {
-                    let mine: Vec<Applied> =
-                        batch.iter().filter(|entry| entry.index >= *next).cloned().map(Applied::Entry).collect();
-                    if let Some(Applied::Entry(last)) = mine.last() {
-                        *next = last.index + 1;
-                    }
-                    if !mine.is_empty() && !applier.offer(mine, limit) {
-                        // Marked gone: dropped below.
-                        *next = u64::MAX;
-                    }
-                }
-                self.appliers.retain(|(_, next)| *next != u64::MAX);
-                offer_to_all(&mut self.subscribers, batch, limit);
+            if let Some(last) = batch.last_mut() {
+                last.last_in_slot = true;
+                offer_to_all(&mut self.subscribers, batch, self.options.subscriber_buffer_max);
             }
         }
         // A retried command that was already applied: answer with its first index.

@@ -267,11 +267,11 @@ async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
             config.election_timeout_ticks = 10;
             config.compaction_keep_slots = 0;
             let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
-            tokio::spawn(async move { driver.await.expect("driver failed") });
-            handle
+            (handle, tokio::spawn(driver))
         }
     };
-    let handles = vec![start(1).await, start(2).await, start(3).await];
+    let (node_1, driver_1) = start(1).await;
+    let handles = vec![node_1, start(2).await.0, start(3).await.0];
     let mut stream_3 = Box::pin(handles[2].subscribe_from(0).await.unwrap());
     let mut state_3 = AppState::default();
     for sequence in 1..=10u64 {
@@ -294,9 +294,8 @@ async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
     // Node 3 hears again, but its own messages are lost for now: it accepts
     // slot 31 and learns that it is chosen before it can ask for what it lacks,
     // so the step that installs the snapshot applies slot 31 too.
-    network.heal();
-    network.block(3, 1);
-    network.block(3, 2);
+    network.unblock(1, 3);
+    network.unblock(2, 3);
     add(&handles, 0, Command::new(1, 31, b"x".to_vec())).await;
     let chosen_through_31 = handles[0].status().await.unwrap().applied_through;
     assert!(knows_chosen_through(&handles[2], chosen_through_31).await, "node 3 learned that slot 31 is chosen");
@@ -308,8 +307,10 @@ async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
     // Node 1 restarts from storage that holds its snapshot and one entry after it.
     network.isolate(1);
     handles[0].shutdown();
+    // The old driver ends before a new one takes node 1's place on the network.
+    driver_1.await.unwrap().expect("node 1 stopped cleanly");
     network.heal();
-    let restarted = start(1).await;
+    let (restarted, _) = start(1).await;
     assert!(applied_at_least(&restarted, 31).await);
     let mut from_start = AppState::default();
     from_start.follow(&mut Box::pin(restarted.subscribe_from(0).await.unwrap()), 31).await;
@@ -321,6 +322,42 @@ async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
     assert_eq!(held.sequences, (1..=31).collect::<Vec<u64>>());
     assert_eq!(held.snapshots_taken, 0);
     for handle in [&restarted, &handles[1], &handles[2]] {
+        handle.shutdown();
+    }
+}
+
+/// A `subscribe_from` stream that is not read for a while, with room for 8
+/// items: it is not ended, and brings every entry in order once read, the 20
+/// applied before it started and one after; an entry marks the end of its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_from_stream_read_late_misses_nothing() {
+    let network = MemoryNetwork::new();
+    let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
+    let mut handles = Vec::new();
+    for id in 1..=3u64 {
+        let config = Config::new(id, [1, 2, 3], Protocol::Multi);
+        let options = NodeOptions { subscriber_buffer_max: 8, ..options() };
+        let (handle, driver) =
+            Node::start_with(config, options, network.join(id), storages[(id - 1) as usize].clone()).await.unwrap();
+        tokio::spawn(async move { driver.await.expect("driver failed") });
+        handles.push(handle);
+    }
+    for sequence in 1..=20u64 {
+        add(&handles, 0, Command::new(1, sequence, b"x".to_vec())).await;
+    }
+    assert!(applied_at_least(&handles[0], 20).await);
+    let mut stream = Box::pin(handles[0].subscribe_from(0).await.unwrap());
+    // And one ahead of what is applied: it waits for entry 20.
+    let mut ahead = Box::pin(handles[0].subscribe_from(20).await.unwrap());
+    add(&handles, 0, Command::new(1, 21, b"x".to_vec())).await;
+    futures_timer::Delay::new(Duration::from_millis(200)).await;
+    let mut state = AppState::default();
+    state.follow(&mut stream, 21).await;
+    assert_eq!(state.sequences, (1..=21).collect::<Vec<u64>>());
+    let Some(paxos_core::Applied::Entry(entry)) = ahead.next().await else { panic!("an entry") };
+    assert_eq!((entry.index, entry.command.id.sequence), (20, 21));
+    assert!(entry.last_in_slot, "one command in its slot");
+    for handle in &handles {
         handle.shutdown();
     }
 }

@@ -13,11 +13,14 @@ use paxos::{
 };
 
 /// The application's state: a map, built from `set key=value` commands.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Store {
     map: BTreeMap<String, String>,
     /// Log entries applied so far: the next one expected is this index.
     applied: u64,
+    /// The slot of the last entry applied, if it was the slot's last: the
+    /// state can then be compacted through that slot.
+    complete_slot: Option<paxos::Slot>,
 }
 
 impl Store {
@@ -27,6 +30,7 @@ impl Store {
                 // The snapshot's data is what `encode` gave at compaction time.
                 self.map = postcard::from_bytes(&snapshot.data)?;
                 self.applied = snapshot.next_index;
+                self.complete_slot = None;
             }
             Applied::Entry(entry) => {
                 anyhow::ensure!(entry.index == self.applied, "entry {} out of order", entry.index);
@@ -35,6 +39,7 @@ impl Store {
                     self.map.insert(key.to_string(), value.to_string());
                 }
                 self.applied += 1;
+                self.complete_slot = entry.last_in_slot.then_some(entry.slot);
             }
         }
         Ok(())
@@ -75,13 +80,14 @@ async fn set(handles: &[NodeHandle], client: u64, sequence: u64, key: &str, valu
     anyhow::bail!("{key}={value} was not chosen")
 }
 
-async fn start(network: &MemoryNetwork, id: u64, storage: MemoryStorage) -> anyhow::Result<NodeHandle> {
+type Driver = tokio::task::JoinHandle<Result<(), NodeError>>;
+
+async fn start(network: &MemoryNetwork, id: u64, storage: MemoryStorage) -> anyhow::Result<(NodeHandle, Driver)> {
     let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
     // Keep no compacted slots, so the replica that comes back takes the snapshot.
     config.compaction_keep_slots = 0;
     let (handle, driver) = Node::start(config, network.join(id), storage).await?;
-    tokio::spawn(driver);
-    Ok(handle)
+    Ok((handle, tokio::spawn(driver)))
 }
 
 #[tokio::main]
@@ -89,67 +95,63 @@ async fn main() -> anyhow::Result<()> {
     let network = MemoryNetwork::new();
     let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
     let mut handles = Vec::new();
+    let mut drivers = Vec::new();
     for id in 1..=3 {
-        handles.push(start(&network, id, storages[id as usize - 1].clone()).await?);
+        let (handle, driver) = start(&network, id, storages[id as usize - 1].clone()).await?;
+        handles.push(handle);
+        drivers.push(driver);
     }
-    // Each replica's application follows its log; here, node 1's and node 3's.
-    let mut store_1 = Store::default();
-    let mut log_1 = Box::pin(handles[0].subscribe_from(0).await?);
-    let mut store_3 = Store::default();
-    let mut log_3 = Box::pin(handles[2].subscribe_from(0).await?);
+    // Each replica's application follows its own log.
+    let mut stores: Vec<Store> = (0..3).map(|_| Store::default()).collect();
+    let mut logs = Vec::new();
+    for handle in &handles {
+        logs.push(Box::pin(handle.subscribe_from(0).await?));
+    }
 
     let mut sequence = 0;
     for (key, value) in [("apple", "red"), ("banana", "yellow"), ("cherry", "dark red")] {
         sequence += 1;
         set(&handles, 1, sequence, key, value).await?;
     }
-    store_3.follow(&mut log_3, sequence).await?;
-    println!("node 3 after 3 sets: {:?}", store_3.map);
+    stores[2].follow(&mut logs[2], sequence).await?;
+    println!("node 3 after 3 sets: {:?}", stores[2].map);
 
-    // Node 3 is cut off; the others go on, then node 1 and 2 compact: their
-    // applications hand over their maps as the snapshots' data.
+    // Node 3 is cut off; the others go on, then nodes 1 and 2 compact: each
+    // application hands over its map, at a slot it applied whole.
     network.isolate(3);
     for (key, value) in [("apple", "green"), ("date", "brown"), ("elderberry", "purple")] {
         sequence += 1;
         set(&handles, 1, sequence, key, value).await?;
     }
-    store_1.follow(&mut log_1, sequence).await?;
-    for handle in &handles[..2] {
-        // Node 2's application would encode its own map; it has the same one
-        // once its replica has applied as much as node 1's.
-        let mut status = handle.status().await?;
-        for _ in 0..500 {
-            if status.next_index == store_1.applied {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            status = handle.status().await?;
-        }
-        anyhow::ensure!(status.next_index == store_1.applied, "node {} is not where node 1 is", status.node_id);
-        handle.compact(status.applied_through, store_1.encode()?).await??;
+    for node in 0..2 {
+        stores[node].follow(&mut logs[node], sequence).await?;
+        let slot = stores[node].complete_slot.ok_or_else(|| anyhow::anyhow!("a slot still arriving"))?;
+        handles[node].compact(slot, stores[node].encode()?).await??;
+        println!("node {} compacted through slot {slot}, entry {}", node + 1, stores[node].applied);
     }
-    println!("nodes 1 and 2 compacted through entry {}", store_1.applied);
 
     // Node 3 comes back: the entries it lacks are gone, so its stream brings the
     // snapshot, then what was applied after it.
     network.heal();
     sequence += 1;
     set(&handles, 1, sequence, "fig", "purple").await?;
-    store_3.follow(&mut log_3, sequence).await?;
-    store_1.follow(&mut log_1, sequence).await?;
-    println!("node 3 after coming back: {:?}", store_3.map);
-    anyhow::ensure!(store_3 == store_1, "node 3's map differs from node 1's");
+    for node in 0..3 {
+        stores[node].follow(&mut logs[node], sequence).await?;
+    }
+    println!("node 3 after coming back: {:?}", stores[2].map);
+    anyhow::ensure!(stores[2].map == stores[0].map, "node 3's map differs from node 1's");
 
     // Node 1 restarts from its storage; its application rebuilds the map from
     // the snapshot and the entries after it.
     network.isolate(1);
     handles[0].shutdown();
+    drivers.remove(0).await??;
     network.heal();
-    let restarted = start(&network, 1, storages[0].clone()).await?;
+    let (restarted, _) = start(&network, 1, storages[0].clone()).await?;
     let mut rebuilt = Store::default();
     rebuilt.follow(&mut Box::pin(restarted.subscribe_from(0).await?), sequence).await?;
     println!("node 1 rebuilt after a restart: {:?}", rebuilt.map);
-    anyhow::ensure!(rebuilt == store_1, "the rebuilt map differs");
+    anyhow::ensure!(rebuilt.map == stores[0].map, "the rebuilt map differs");
 
     for handle in [&restarted, &handles[1], &handles[2]] {
         handle.shutdown();
