@@ -51,6 +51,22 @@ async fn start_node(
     handle
 }
 
+/// Starts Multi-Paxos node `id` of three under tokio, with `options` and its
+/// config changed by `adjust`; returns its handle and its driver's task.
+async fn start_adjusted(
+    network: &MemoryNetwork,
+    id: u64,
+    storage: MemoryStorage,
+    options: NodeOptions,
+    adjust: impl FnOnce(&mut Config),
+) -> (NodeHandle, tokio::task::JoinHandle<Result<(), NodeError>>) {
+    let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
+    config.election_timeout_ticks = 10;
+    adjust(&mut config);
+    let (handle, driver) = Node::start_with(config, options, network.join(id), storage).await.unwrap();
+    (handle, tokio::spawn(driver))
+}
+
 /// Adds a command through `handle`, retrying on `NotLeader` with a hint.
 async fn add(handles: &[NodeHandle], via: usize, command: Command) -> u64 {
     let mut target = via;
@@ -260,15 +276,8 @@ async fn subscribe_from_carries_snapshots_in_log_order_and_across_restarts() {
     let network = MemoryNetwork::new();
     let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
     let start = |id: u64| {
-        let network = &network;
         let storage = storages[(id - 1) as usize].clone();
-        async move {
-            let mut config = Config::new(id, [1, 2, 3], Protocol::Multi);
-            config.election_timeout_ticks = 10;
-            config.compaction_keep_slots = 0;
-            let (handle, driver) = Node::start_with(config, options(), network.join(id), storage).await.unwrap();
-            (handle, tokio::spawn(driver))
-        }
+        start_adjusted(&network, id, storage, options(), |config| config.compaction_keep_slots = 0)
     };
     let (node_1, driver_1) = start(1).await;
     let handles = vec![node_1, start(2).await.0, start(3).await.0];
@@ -335,12 +344,8 @@ async fn a_subscribe_from_stream_read_late_misses_nothing() {
     let storages: Vec<MemoryStorage> = (0..3).map(|_| MemoryStorage::new()).collect();
     let mut handles = Vec::new();
     for id in 1..=3u64 {
-        let config = Config::new(id, [1, 2, 3], Protocol::Multi);
         let options = NodeOptions { subscriber_buffer_max: 8, ..options() };
-        let (handle, driver) =
-            Node::start_with(config, options, network.join(id), storages[(id - 1) as usize].clone()).await.unwrap();
-        tokio::spawn(async move { driver.await.expect("driver failed") });
-        handles.push(handle);
+        handles.push(start_adjusted(&network, id, storages[(id - 1) as usize].clone(), options, |_| {}).await.0);
     }
     for sequence in 1..=20u64 {
         add(&handles, 0, Command::new(1, sequence, b"x".to_vec())).await;
